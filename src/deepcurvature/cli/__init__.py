@@ -1,0 +1,1 @@
+"""The ``deepcurvature`` command line."""

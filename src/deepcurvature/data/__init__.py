@@ -1,0 +1,3 @@
+"""deepcurvature.data (filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""deepcurvature.operators (filled in by its issue)."""
+
+__all__: list[str] = []

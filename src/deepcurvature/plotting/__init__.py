@@ -1,0 +1,3 @@
+"""deepcurvature.plotting (filled in by its issue)."""
+
+__all__: list[str] = []

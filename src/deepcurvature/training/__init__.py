@@ -1,0 +1,3 @@
+"""deepcurvature.training (filled in by its issue)."""
+
+__all__: list[str] = []
