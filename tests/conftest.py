@@ -4,12 +4,12 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Under pytest-xdist each worker gets one thread, so two workers use the two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -84,8 +84,9 @@ def test_probes_share_one_matmat_per_step():
     res = dc.lanczos(op, steps=8, probes=4, seed=0, verbose=False)
     assert calls == [4] * 8
     # each probe is an independent recurrence: equal to running it alone
-    single = dc.lanczos(A, steps=8, start=torch.as_tensor(
-        dc.draw_probes(30, 4, seed=0)[2]), verbose=False)
+    single = dc.lanczos(
+        A, steps=8, start=torch.as_tensor(dc.draw_probes(30, 4, seed=0)[2]), verbose=False
+    )
     np.testing.assert_allclose(res.alphas[2], single.alphas[0], rtol=1e-12)
     np.testing.assert_allclose(res.betas[2], single.betas[0], rtol=1e-12)
 
@@ -99,8 +100,9 @@ def test_density_averages_probes_equation_25():
     for i in range(3):
         np.testing.assert_allclose(d.weights[d.probe_index == i], res.weights[i] / 3, rtol=1e-12)
     # SLQ first moment is an unbiased trace estimate; check the combination formula
+    pairs = zip(res.weights, res.ritz_values, strict=True)
     assert d.trace_estimate() == pytest.approx(
-        50 * np.mean([np.sum(w * t) for w, t in zip(res.weights, res.ritz_values)]), rel=1e-12
+        50 * np.mean([np.sum(w * t) for w, t in pairs]), rel=1e-12
     )
 
 
@@ -153,7 +155,9 @@ def test_float32_operator_keeps_float64_scalars():
     res32 = dc.lanczos(A.float(), steps=100, seed=0, verbose=False)
     assert res32.alphas[0].dtype == np.float64
     exact = np.linalg.eigvalsh(A.numpy())
-    np.testing.assert_allclose(np.sort(res32.ritz_values[0]), exact, atol=1e-4 * np.abs(exact).max())
+    np.testing.assert_allclose(
+        np.sort(res32.ritz_values[0]), exact, atol=1e-4 * np.abs(exact).max()
+    )
     res = dc.lanczos(A.float(), steps=100, seed=0, basis_dtype=torch.float64, verbose=False)
     assert res.steps_done == [100]
 

@@ -80,12 +80,15 @@ class SpectralDensity:
         return float(out) if np.ndim(out) == 0 else out
 
     def smooth(self, sigma: float, grid: np.ndarray | int = 512) -> tuple[np.ndarray, np.ndarray]:
-        r"""Gaussian-kernel smoothed density :math:`\tilde p(\lambda)=\sum_i w_i k_\sigma(\lambda-\theta_i)`.
+        r"""Gaussian-kernel smoothed density (equation 15 of the paper).
+
+        :math:`\tilde p(\lambda)=\sum_i w_i k_\sigma(\lambda-\theta_i)`.
 
         Smoothing biases the moments (Theorem 5 of the paper): the k-th moment of the smoothed
         density exceeds the discrete one by
-        :math:`\sum_i w_i \sum_{j=1}^{\lfloor k/2 \rfloor} \binom{k}{2j} \sigma^{2j}(2j-1)!!\,\theta_i^{k-2j}`
-        (for the Gaussian kernel; e.g. the second moment grows by :math:`\sigma^2`). Use the discrete
+        :math:`\sum_i w_i \sum_{j=1}^{\lfloor k/2 \rfloor} \binom{k}{2j}
+        \sigma^{2j}(2j-1)!!\,\theta_i^{k-2j}` (for the Gaussian kernel; e.g. the second moment
+        grows by :math:`\sigma^2`). Use the discrete
         nodes and weights for any quantitative statement; smooth only to draw.
 
         Args:
@@ -126,17 +129,17 @@ class SpectralDensity:
         return float(self.weights[np.abs(self.nodes) <= rel_tol * scale].sum())
 
     def trace_estimate(self) -> float:
-        r"""Estimate of ``tr(A) = P * sum_i w_i theta_i`` (equation 23 with k = 1); needs ``dim``."""
+        r"""Estimate ``tr(A) = P * sum_i w_i theta_i`` (equation 23 with k = 1); needs ``dim``."""
         if self.dim is None:
             raise ValueError("the trace estimate needs the matrix dimension: set dim=P")
         return float(self.dim * self.moment(1))
 
     def summary(self, zero_tol: float = 1e-3) -> dict[str, float | int | None]:
-        """Return lambda_max, lambda_min, negative mass, mass near zero, trace estimate and sizes."""
+        """Return lambda_max/min, negative mass, mass near zero, trace estimate and sizes."""
         return {
             "dim": self.dim,
             "n_nodes": int(self.nodes.size),
-            "n_probes": int(len(np.unique(self.probe_index))),
+            "n_probes": len(np.unique(self.probe_index)),
             "lambda_max": self.lambda_max,
             "lambda_min": self.lambda_min,
             "negative_mass": self.negative_mass(),

@@ -24,15 +24,16 @@ import torch
 
 from ..progress import ProgressBar
 from .density import SpectralDensity
-from .operator import LinearOperator, as_operator
+from .operator import as_operator
 from .probes import draw_probes, resolve_seed
 
 __all__ = ["LanczosResult", "lanczos", "tridiagonal_eigh"]
 
 
 def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decompose the symmetric tridiagonal ``T`` with diagonal ``alpha`` (m,) and
-    off-diagonal ``beta`` (m-1,) in float64.
+    """Eigen-decompose a symmetric tridiagonal matrix in float64.
+
+    ``T`` has diagonal ``alpha`` (m,) and off-diagonal ``beta`` (m-1,).
 
     Returns:
         ``(theta, S)``: Ritz values ``(m,)`` ascending and eigenvectors ``(m, m)`` (columns).
@@ -225,17 +226,20 @@ def lanczos(
             Qj = Q[:, j] if all_active else Q[torch.as_tensor(idx, device=op.device), j]
             AV = op.matmat(Qj.T.to(op.dtype))  # (P, k_active): one shared product
             if all_active:
-                W = AV.T.to(bdtype)
+                W = AV.T.to(bdtype).contiguous()
             else:
                 W = torch.zeros((k, P), dtype=bdtype, device=op.device)
                 W[torch.as_tensor(idx, device=op.device)] = AV.T.to(bdtype)
-            # alpha_j = q_j^T A q_j in float64
-            alpha = torch.einsum("kp,kp->k", Q[:, j].double(), W.double())
+            if bdtype != torch.float64:  # alpha_j = q_j^T A q_j accumulated in float64
+                alpha = torch.einsum("kp,kp->k", Q[:, j].double(), W.double())
             basis = Q[:, : j + 1]
-            for _ in range(2):  # two classical Gram-Schmidt passes as matrix products
-                h = torch.bmm(basis, W.unsqueeze(2))
-                W.sub_(torch.bmm(basis.transpose(1, 2), h).squeeze(2))
-            beta = torch.linalg.vector_norm(W.double(), dim=1)
+            W3 = W.unsqueeze(2)  # (k, P, 1) view of W
+            for g in range(2):  # two classical Gram-Schmidt passes as matrix products
+                h = torch.bmm(basis, W3)  # (k, j+1, 1) = Q^T w
+                W3.baddbmm_(basis.transpose(1, 2), h, alpha=-1.0)  # w -= Q h
+                if bdtype == torch.float64:  # float64 basis: alpha is the total projection
+                    alpha = h[:, j, 0] if g == 0 else alpha + h[:, j, 0]
+            beta = torch.linalg.vector_norm(W, dim=1, dtype=torch.float64)
             ab = torch.stack([alpha, beta]).cpu().numpy()  # one host sync per step
             for i in idx:
                 a_i, b_i = ab[0, i], ab[1, i]
@@ -250,12 +254,9 @@ def lanczos(
                     active[i], broke[i], done_steps[i] = False, True, j + 1
                     betas[i, j] = 0.0
             if j < steps - 1:
-                live = active.copy()
-                if live.all():
-                    Q[:, j + 1] = W / torch.as_tensor(ab[1], dtype=bdtype, device=op.device)[:, None]
-                else:
-                    denom = np.where(live, ab[1], 1.0)
-                    Q[:, j + 1] = W / torch.as_tensor(denom, dtype=bdtype, device=op.device)[:, None]
+                inv = np.where(active, 1.0 / np.where(active, ab[1], 1.0), 0.0)
+                scale_t = torch.as_tensor(inv, dtype=bdtype, device=op.device)[:, None]
+                torch.mul(W, scale_t, out=Q[:, j + 1])
             elif store_vectors:
                 residual_vecs = W.to(op.dtype)
             bar.advance()

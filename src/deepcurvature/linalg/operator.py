@@ -143,12 +143,16 @@ class DenseOperator(LinearOperator):
 
     def __init__(self, matrix: torch.Tensor) -> None:
         if matrix.ndim != 2:
-            raise ValueError(f"a dense operator needs a 2-D matrix, got shape {tuple(matrix.shape)}")
+            raise ValueError(
+                f"a dense operator needs a 2-D matrix, got shape {tuple(matrix.shape)}"
+            )
         if not matrix.dtype.is_floating_point:
             matrix = matrix.to(torch.get_default_dtype())
-        sym = bool(torch.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12)) if (
-            matrix.shape[0] == matrix.shape[1]
-        ) else False
+        sym = (
+            bool(torch.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12))
+            if (matrix.shape[0] == matrix.shape[1])
+            else False
+        )
         super().__init__(tuple(matrix.shape), matrix.dtype, matrix.device, symmetric=sym)
         self.matrix = matrix
 
