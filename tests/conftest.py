@@ -13,7 +13,10 @@ import torch
 
 # Under pytest-xdist each worker gets one thread, so two workers use the two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy/scipy BLAS too, else two workers oversubscribe two cores
 
 
 @pytest.fixture(autouse=True)

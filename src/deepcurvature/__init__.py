@@ -6,6 +6,8 @@ Layers (imports point downward only): ``cli`` -> ``suite`` -> ``analysis`` -> ``
 """
 
 from ._version import __version__
+from .analysis import *  # noqa: F403
+from .analysis import __all__ as _analysis_all
 from .data import *  # noqa: F403
 from .data import __all__ as _data_all
 from .linalg import *  # noqa: F403
@@ -20,6 +22,8 @@ from .plotting import *  # noqa: F403
 from .plotting import __all__ as _plotting_all
 from .rmt import *  # noqa: F403
 from .rmt import __all__ as _rmt_all
+from .suite import *  # noqa: F403
+from .suite import __all__ as _suite_all
 from .training import *  # noqa: F403
 from .training import __all__ as _training_all
 
@@ -33,4 +37,6 @@ __all__ = [
     *_optim_all,
     *_training_all,
     *_plotting_all,
+    *_analysis_all,
+    *_suite_all,
 ]

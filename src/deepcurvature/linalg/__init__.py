@@ -1,6 +1,7 @@
 """Matrix-free linear algebra on any symmetric linear operator (no torch.nn, models or data)."""
 
 from .density import SpectralDensity
+from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosResult, lanczos, tridiagonal_eigh
 from .operator import (
     CallableOperator,
@@ -10,18 +11,27 @@ from .operator import (
     ShiftedOperator,
     as_operator,
 )
+from .power import power_iteration
 from .probes import draw_probes
+from .trace import DiagonalEstimate, TraceEstimate, diagonal, trace
 
 __all__ = [
     "CallableOperator",
     "DenseOperator",
+    "DiagonalEstimate",
+    "EigshResult",
     "LanczosResult",
     "LinearOperator",
     "ScipyOperator",
     "ShiftedOperator",
     "SpectralDensity",
+    "TraceEstimate",
     "as_operator",
+    "diagonal",
     "draw_probes",
+    "eigsh",
     "lanczos",
+    "power_iteration",
+    "trace",
     "tridiagonal_eigh",
 ]

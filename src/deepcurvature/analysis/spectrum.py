@@ -1,0 +1,251 @@
+"""The spectrum of a curvature matrix: Lanczos on an operator, with the result kept as files.
+
+:func:`spectrum` runs stochastic Lanczos quadrature (Algorithm 1, equation 25 of the paper) on any
+operator, or builds the Hessian / GGN / Fisher operator of a model over a data set first, and
+returns a :class:`SpectrumResult` that saves to and loads from ``NAME.npz`` + ``NAME.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io.results import load_npz_json, save_npz_json
+from ..linalg.density import SpectralDensity
+from ..linalg.lanczos import LanczosResult, lanczos
+from ..linalg.operator import LinearOperator, as_operator
+
+__all__ = ["MATRICES", "SpectrumResult", "curvature_operator", "spectrum"]
+
+MATRICES = ("hessian", "ggn", "fisher", "fisher_mc")
+
+
+@dataclass
+class SpectrumResult:
+    """A learned spectrum with everything needed to interpret and reproduce it.
+
+    Attributes:
+        density: the discrete spectral density (nodes, weights summing to 1).
+        alphas: per probe, the diagonal of the Lanczos tridiagonal matrix ``(m_l,)``.
+        betas: per probe, its off-diagonal ``(m_l - 1,)``.
+        ritz_vectors: ``(P, m)`` Ritz vectors of the first probe (columns ordered like
+            ``ritz_values``), when they were asked for; else ``None``.
+        ritz_values: ``(m,)`` Ritz values of the first probe, ascending.
+        config: how the spectrum was computed (matrix, steps, probes, seed, model, data...).
+        info: sizes and timings: ``P`` (parameters), ``N`` (samples), ``seconds``,
+            ``seconds_per_step`` (list), ...
+    """
+
+    density: SpectralDensity
+    alphas: list[np.ndarray]
+    betas: list[np.ndarray]
+    ritz_values: np.ndarray
+    ritz_vectors: torch.Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Summary statistics of the density together with P, N and the run time."""
+        out = dict(self.density.summary())
+        out.update(
+            {
+                "P": self.info.get("P"),
+                "N": self.info.get("N"),
+                "matrix": self.config.get("matrix"),
+                "steps": self.config.get("steps"),
+                "probes": self.config.get("probes"),
+                "seconds": self.info.get("seconds"),
+            }
+        )
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.npz`` (arrays) and ``path.json`` (config, info, summary) atomically.
+
+        Returns:
+            The ``.npz`` path.
+        """
+        arrays: dict[str, np.ndarray] = {
+            "nodes": self.density.nodes,
+            "weights": self.density.weights,
+            "probe_index": self.density.probe_index,
+            "ritz_values": self.ritz_values,
+        }
+        for i, (a, b) in enumerate(zip(self.alphas, self.betas, strict=True)):
+            arrays[f"alpha_{i}"] = a
+            arrays[f"beta_{i}"] = b
+        if self.ritz_vectors is not None:
+            arrays["eigvecs"] = self.ritz_vectors.detach().cpu().numpy()
+        meta = {
+            "kind": "SpectrumResult",
+            "dim": self.density.dim,
+            "n_probes": len(self.alphas),
+            "config": self.config,
+            "info": self.info,
+            "summary": self.summary(),
+            "density_metadata": self.density.metadata,
+        }
+        npz, _ = save_npz_json(path, arrays, meta)
+        return npz
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SpectrumResult:
+        """Read a result written by :meth:`save` (path with or without ``.npz``)."""
+        arrays, meta = load_npz_json(path)
+        if "nodes" not in arrays or "weights" not in arrays:
+            raise ValueError(f"{path} is not a spectrum file: it has no nodes/weights arrays")
+        n = int(meta.get("n_probes", 0))
+        density = SpectralDensity(
+            arrays["nodes"],
+            arrays["weights"],
+            dim=meta.get("dim"),
+            probe_index=arrays.get("probe_index"),
+            metadata=meta.get("density_metadata", {}),
+        )
+        eig = arrays.get("eigvecs")
+        return cls(
+            density=density,
+            alphas=[arrays[f"alpha_{i}"] for i in range(n)],
+            betas=[arrays[f"beta_{i}"] for i in range(n)],
+            ritz_values=arrays.get("ritz_values", density.nodes),
+            ritz_vectors=torch.from_numpy(eig) if eig is not None else None,
+            config=meta.get("config", {}),
+            info=meta.get("info", {}),
+        )
+
+
+def curvature_operator(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    matrix: str = "hessian",
+    **kwargs: Any,
+) -> LinearOperator:
+    """Build the curvature operator named ``matrix`` of ``model`` over ``data``.
+
+    Args:
+        model: the network.
+        loss_fn: a mean-reduction loss ``loss_fn(model(x), y)``.
+        data: an iterable of ``(inputs, targets)`` batches.
+        matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` (empirical) or ``"fisher_mc"``.
+        **kwargs: passed to :func:`deepcurvature.hessian` / ``ggn`` / ``fisher``.
+
+    Returns:
+        The ``(P, P)`` operator.
+    """
+    from .. import operators
+
+    key = matrix.lower().replace("-", "_")
+    if key == "hessian":
+        return operators.hessian(model, loss_fn, data, **kwargs)
+    if key in ("ggn", "gauss_newton"):
+        return operators.ggn(model, loss_fn, data, **kwargs)
+    if key in ("fisher", "fisher_empirical", "empirical_fisher"):
+        return operators.fisher(model, loss_fn, data, kind="empirical", **kwargs)
+    if key in ("fisher_mc", "mc_fisher"):
+        return operators.fisher(model, loss_fn, data, kind="mc", **kwargs)
+    raise ValueError(f"unknown curvature matrix {matrix!r}: use one of {', '.join(MATRICES)}")
+
+
+def spectrum(
+    op_or_model: Any,
+    loss_fn: Any = None,
+    data: Any = None,
+    *,
+    matrix: str = "hessian",
+    steps: int = 100,
+    probes: int = 1,
+    seed: int | None = None,
+    probe: str = "rademacher",
+    store_vectors: bool = False,
+    basis_dtype: torch.dtype | None = None,
+    verbose: bool = True,
+    config: dict[str, Any] | None = None,
+    **operator_kwargs: Any,
+) -> SpectrumResult:
+    """Learn the spectral density of a curvature matrix (or any symmetric operator).
+
+    Args:
+        op_or_model: a :class:`LinearOperator` (or anything ``as_operator`` takes), or an
+            ``nn.Module`` whose curvature matrix ``matrix`` over ``data`` is wanted.
+        loss_fn: the mean-reduction loss (models only).
+        data: iterable of ``(inputs, targets)`` batches (models only).
+        matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"fisher_mc"`` (models only).
+        steps: Lanczos steps ``m`` per probe.
+        probes: number of random probe vectors ``n_v`` (they share each data pass).
+        seed: seed of the probes (recorded in the result).
+        probe: ``"rademacher"`` or ``"gaussian"``.
+        store_vectors: keep the ``(P, m)`` Ritz vectors of the first probe.
+        basis_dtype: storage dtype of the Lanczos basis.
+        verbose: progress bar per Lanczos step.
+        config: extra configuration recorded in the result.
+        **operator_kwargs: ``params``, ``bn_mode``, ``weight_decay``, ``dtype``, ``device``...
+            for the curvature operator.
+
+    Returns:
+        A :class:`SpectrumResult`.
+    """
+    t0 = time.perf_counter()
+    if isinstance(op_or_model, nn.Module):
+        if loss_fn is None or data is None:
+            raise ValueError("spectrum(model, ...) needs loss_fn and data to build the operator")
+        op = curvature_operator(op_or_model, loss_fn, data, matrix=matrix, **operator_kwargs)
+    else:
+        if operator_kwargs:
+            raise TypeError(
+                f"operator options {sorted(operator_kwargs)} only apply when a model is given"
+            )
+        op = as_operator(op_or_model)
+        matrix = getattr(op, "matrix_name", "operator")
+    t_build = time.perf_counter() - t0
+    res: LanczosResult = lanczos(
+        op,
+        steps,
+        probes=probes,
+        seed=seed,
+        probe=probe,
+        store_vectors=store_vectors,
+        basis_dtype=basis_dtype,
+        verbose=verbose,
+        description=f"Lanczos ({matrix})",
+    )
+    seconds = time.perf_counter() - t0
+    cfg = {
+        "matrix": matrix,
+        "steps": res.steps,
+        "probes": res.n_probes,
+        "seed": res.seed,
+        "probe": res.probe,
+        "basis_dtype": str(basis_dtype or op.dtype),
+        "dtype": str(op.dtype),
+    }
+    cfg.update(config or {})
+    info = {
+        "P": op.shape[0],
+        "N": getattr(op, "num_samples", None),
+        "seconds": seconds,
+        "seconds_build": t_build,
+        "seconds_per_step": res.step_times,
+        "steps_done": res.steps_done,
+        "broke_down": [bool(b) for b in res.broke_down],
+        "device": str(op.device),
+    }
+    density = res.density()
+    density.metadata.update({"matrix": matrix})
+    return SpectrumResult(
+        density=density,
+        alphas=res.alphas,
+        betas=res.betas,
+        ritz_values=res.ritz_values[0],
+        ritz_vectors=res.ritz_vectors[0] if store_vectors and res.ritz_vectors else None,
+        config=cfg,
+        info=info,
+    )

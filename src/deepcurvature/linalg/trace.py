@@ -1,0 +1,306 @@
+"""Stochastic estimates of the trace and the diagonal of a symmetric operator.
+
+* Hutchinson's estimator (Lemma 1 of the paper, equation 23): ``tr(A) ~ mean_k z_k^T A z_k`` for
+  probes with zero mean and unit variance entries; unbiased, with variance at most
+  ``(2 + m_4) tr(A^T A)`` (zero for a diagonal matrix and Rademacher probes).
+* Hutch++ (Meyer, Musco, Musco & Woodruff 2021): a third of the budget sketches ``Y = A S``, its
+  orthonormal basis ``Q`` captures the top of the spectrum, ``tr(Q^T A Q)`` is computed exactly
+  (a second third) and Hutchinson's estimator with the last third estimates the trace of the
+  deflated remainder ``(I - QQ^T) A (I - QQ^T)``.
+* The diagonal estimator of Bekas, Kokiopoulou & Saad (2007):
+  ``diag(A) ~ sum_k z_k * (A z_k) / sum_k z_k * z_k`` (elementwise).
+
+All products go through ``matmat`` in blocks of probes, so one pass over the data serves a block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..progress import ProgressBar
+from .operator import LinearOperator, as_operator
+from .probes import PROBE_KINDS, draw_probes, resolve_seed
+
+__all__ = ["DiagonalEstimate", "TraceEstimate", "diagonal", "trace"]
+
+TRACE_METHODS = ("hutchinson", "hutch++")
+
+
+@dataclass
+class TraceEstimate:
+    """A stochastic trace estimate.
+
+    Attributes:
+        value: the estimate of ``tr(A)``.
+        std_error: its standard error, from the sample of quadratic forms (``nan`` with fewer
+            than two of them).
+        n_matvec: number of operator columns applied.
+        samples: ``(n,)`` float64 quadratic forms ``z^T A z`` averaged by the estimator; for
+            Hutch++ those of the deflated remainder ``(I - QQ^T) A (I - QQ^T)``.
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        probe: ``"rademacher"`` or ``"gaussian"``.
+        seed: the seed of the probes.
+        exact_part: Hutch++'s exactly computed ``tr(Q^T A Q)`` (0 for Hutchinson).
+    """
+
+    value: float
+    std_error: float
+    n_matvec: int
+    samples: np.ndarray
+    method: str
+    probe: str
+    seed: int
+    exact_part: float = 0.0
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+@dataclass
+class DiagonalEstimate:
+    """A stochastic estimate of ``diag(A)``.
+
+    Attributes:
+        value: ``(P,)`` estimate of the diagonal, in the operator's dtype and device.
+        std_error: ``(P,)`` per-entry standard error (ratio-estimator formula; for Rademacher
+            probes the standard error of the mean of ``z * A z``); ``nan`` with one probe.
+        n_matvec: number of operator columns applied.
+        probe: ``"rademacher"`` or ``"gaussian"``.
+        seed: the seed of the probes.
+    """
+
+    value: torch.Tensor
+    std_error: torch.Tensor
+    n_matvec: int
+    probe: str
+    seed: int
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _prepare(op: Any, probe: str) -> LinearOperator:
+    op = as_operator(op)
+    if probe not in PROBE_KINDS:
+        raise ValueError(f"unknown probe kind {probe!r}: use one of {PROBE_KINDS}")
+    return op
+
+
+def _draw(op: LinearOperator, n: int, probe: str, generator: torch.Generator) -> torch.Tensor:
+    """``(P, n)`` probes drawn one at a time, so the stream does not depend on the blocking."""
+    P = op.shape[0]
+    Z = torch.cat([draw_probes(P, 1, kind=probe, generator=generator) for _ in range(n)])
+    return Z.T.to(dtype=op.dtype, device=op.device)
+
+
+def _apply(op: LinearOperator, X: torch.Tensor, what: str) -> torch.Tensor:
+    Y = op.matmat(X.contiguous())  # operators may reshape their input with .view
+    if not bool(torch.isfinite(Y).all()):
+        raise FloatingPointError(
+            f"the operator returned a non-finite product ({what}); check the operator "
+            "(model, loss, data) for NaN or infinity"
+        )
+    return Y
+
+
+def _blocks(n: int, block_size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + block_size)) for a in range(0, n, block_size)]
+
+
+def _hutchinson_samples(
+    op: LinearOperator,
+    n: int,
+    probe: str,
+    generator: torch.Generator,
+    block_size: int,
+    bar: ProgressBar,
+    basis: torch.Tensor | None = None,
+    phase: str = "Hutchinson",
+) -> np.ndarray:
+    """``(n,)`` quadratic forms ``z^T B z`` with ``B = A`` or ``B = (I - QQ^T) A (I - QQ^T)``."""
+    out = np.empty(n)
+    for a, b in _blocks(n, block_size):
+        Z = _draw(op, b - a, probe, generator)
+        if basis is not None:
+            Z = Z - basis @ (basis.T @ Z)
+        AZ = _apply(op, Z, f"{phase} probes {a + 1}-{b}")
+        out[a:b] = (Z.double() * AZ.double()).sum(dim=0).cpu().numpy()
+        bar.advance()
+    return out
+
+
+def _std_error(samples: np.ndarray) -> float:
+    if samples.size < 2:
+        return math.nan
+    return float(np.std(samples, ddof=1) / math.sqrt(samples.size))
+
+
+def trace(
+    op: Any,
+    probes: int = 100,
+    *,
+    method: str = "hutchinson",
+    seed: int | None = None,
+    probe: str = "rademacher",
+    block_size: int = 16,
+    verbose: bool = True,
+) -> TraceEstimate:
+    """Estimate ``tr(A)`` from ``probes`` operator products.
+
+    Args:
+        op: a :class:`LinearOperator` or anything :func:`as_operator` takes, ``(P, P)``.
+        probes: the budget of operator products (probe vectors); at least 3 for Hutch++.
+        method: ``"hutchinson"`` (Lemma 1: unbiased, variance ``<= (2 + m_4) tr(A^T A)``) or
+            ``"hutch++"`` (a third of the budget for the sketch ``A S``, a third for the exact
+            ``tr(Q^T A Q)``, the rest for Hutchinson on the deflated remainder; far more accurate
+            when the spectrum decays).
+        seed: seed of the probes (drawn on the CPU); fresh when ``None``, recorded in the result.
+        probe: ``"rademacher"`` or ``"gaussian"`` probe entries.
+        block_size: probes per ``matmat`` call.
+        verbose: show a progress bar over blocks of probes.
+
+    Returns:
+        A :class:`TraceEstimate` (value, standard error, number of products, samples).
+
+    Raises:
+        ValueError: non-positive ``probes``/``block_size``, fewer than 3 probes for Hutch++, an
+            unknown ``method`` or ``probe``.
+        FloatingPointError: the operator returned a non-finite product (names the probes).
+    """
+    op = _prepare(op, probe)
+    if method not in TRACE_METHODS:
+        raise ValueError(f"unknown trace method {method!r}: use one of {TRACE_METHODS}")
+    n = _check_count("probes", probes, 3 if method == "hutch++" else 1)
+    block_size = _check_count("block_size", block_size, 1)
+    used_seed = resolve_seed(seed)
+    generator = torch.Generator().manual_seed(used_seed)
+
+    if method == "hutchinson":
+        with ProgressBar(len(_blocks(n, block_size)), "trace (Hutchinson)", verbose) as bar:
+            samples = _hutchinson_samples(op, n, probe, generator, block_size, bar)
+        return TraceEstimate(
+            value=float(samples.mean()),
+            std_error=_std_error(samples),
+            n_matvec=n,
+            samples=samples,
+            method=method,
+            probe=probe,
+            seed=used_seed,
+        )
+
+    n_sketch = n // 3
+    n_rest = n - 2 * n_sketch
+    total = 2 * len(_blocks(n_sketch, block_size)) + len(_blocks(n_rest, block_size))
+    with ProgressBar(total, "trace (Hutch++)", verbose) as bar:
+        S = _draw(op, n_sketch, probe, generator)
+        Y = torch.cat(
+            [
+                _apply(op, S[:, a:b], f"Hutch++ sketch {a + 1}-{b}")
+                for a, b in _blocks(n_sketch, block_size)
+            ],
+            dim=1,
+        )
+        bar.advance(len(_blocks(n_sketch, block_size)))
+        Q = torch.linalg.qr(Y.double())[0].to(op.dtype)  # (P, n_sketch) orthonormal
+        exact = 0.0
+        n_exact = Q.shape[1]  # n_sketch, or P if the sketch is wider than the operator
+        for a, b in _blocks(n_exact, block_size):
+            AQ = _apply(op, Q[:, a:b], f"Hutch++ exact part {a + 1}-{b}")
+            exact += float((Q[:, a:b].double() * AQ.double()).sum())
+            bar.advance()
+        samples = _hutchinson_samples(
+            op, n_rest, probe, generator, block_size, bar, basis=Q, phase="Hutch++ remainder"
+        )
+    return TraceEstimate(
+        value=exact + float(samples.mean()),
+        std_error=_std_error(samples),
+        n_matvec=2 * n_sketch + n_rest - (n_sketch - n_exact),
+        samples=samples,
+        method=method,
+        probe=probe,
+        seed=used_seed,
+        exact_part=exact,
+    )
+
+
+def diagonal(
+    op: Any,
+    probes: int = 100,
+    *,
+    seed: int | None = None,
+    probe: str = "rademacher",
+    block_size: int = 16,
+    verbose: bool = True,
+) -> DiagonalEstimate:
+    """Estimate ``diag(A)`` as ``sum_k z_k * (A z_k) / sum_k z_k * z_k`` (Bekas et al. 2007).
+
+    Exact for a diagonal matrix with Rademacher probes; otherwise unbiased for Rademacher probes
+    (ratio estimator for Gaussian ones), with variance ``sum_{j != i} A_ij^2 / n`` per entry.
+
+    Args:
+        op: a :class:`LinearOperator` or anything :func:`as_operator` takes, ``(P, P)``.
+        probes: number of probe vectors ``n`` (operator products).
+        seed: seed of the probes (drawn on the CPU); fresh when ``None``, recorded.
+        probe: ``"rademacher"`` or ``"gaussian"`` probe entries.
+        block_size: probes per ``matmat`` call.
+        verbose: show a progress bar over blocks of probes.
+
+    Returns:
+        A :class:`DiagonalEstimate`: value ``(P,)`` and per-entry standard error ``(P,)``.
+
+    Raises:
+        ValueError: non-positive ``probes``/``block_size`` or an unknown ``probe``.
+        FloatingPointError: the operator returned a non-finite product (names the probes).
+    """
+    op = _prepare(op, probe)
+    n = _check_count("probes", probes, 1)
+    block_size = _check_count("block_size", block_size, 1)
+    used_seed = resolve_seed(seed)
+    generator = torch.Generator().manual_seed(used_seed)
+    P = op.shape[0]
+    dev = op.device
+    # sums of a = x - R0 y (x = z * Az, y = z * z) around a pilot ratio R0, for a stable variance
+    shift = sum_a = sum_a2 = sum_ay = None
+    sum_y = torch.zeros(P, dtype=torch.float64, device=dev)
+    sum_y2 = torch.zeros(P, dtype=torch.float64, device=dev)
+    with ProgressBar(len(_blocks(n, block_size)), "diagonal", verbose) as bar:
+        for a, b in _blocks(n, block_size):
+            Z = _draw(op, b - a, probe, generator)
+            AZ = _apply(op, Z, f"diagonal probes {a + 1}-{b}")
+            x = Z.double() * AZ.double()
+            y = Z.double() * Z.double()
+            if shift is None:
+                shift = x.sum(dim=1) / y.sum(dim=1)
+                sum_a = torch.zeros(P, dtype=torch.float64, device=dev)
+                sum_a2 = torch.zeros_like(sum_a)
+                sum_ay = torch.zeros_like(sum_a)
+            d = x - shift[:, None] * y
+            sum_a += d.sum(dim=1)
+            sum_a2 += (d * d).sum(dim=1)
+            sum_ay += (d * y).sum(dim=1)
+            sum_y += y.sum(dim=1)
+            sum_y2 += (y * y).sum(dim=1)
+            bar.advance()
+    delta = sum_a / sum_y  # R - R0
+    value = shift + delta
+    if n >= 2:
+        sse = (sum_a2 - 2 * delta * sum_ay + delta**2 * sum_y2).clamp_min(0.0)
+        mean_y = sum_y / n
+        std_error = torch.sqrt(sse / (n * (n - 1))) / mean_y
+    else:
+        std_error = torch.full((P,), math.nan, dtype=torch.float64, device=dev)
+    return DiagonalEstimate(
+        value=value.to(op.dtype),
+        std_error=std_error.to(op.dtype),
+        n_matvec=n,
+        probe=probe,
+        seed=used_seed,
+    )

@@ -1,0 +1,164 @@
+"""``compute_eigenspectrum``: the paper's spectrum workflow (Appendix C.1 and D), files on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.spectrum import SpectrumResult, spectrum
+
+__all__ = ["CURVATURE_MATRICES", "compute_eigenspectrum", "resolve_device"]
+
+CURVATURE_MATRICES = {
+    "hessian_lanczos": "hessian",
+    "ggn_lanczos": "ggn",
+    "fisher_lanczos": "fisher",
+    "fisher_mc_lanczos": "fisher_mc",
+    # short names are accepted too
+    "hessian": "hessian",
+    "ggn": "ggn",
+    "fisher": "fisher",
+    "fisher_mc": "fisher_mc",
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; otherwise the device asked for."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available: use 'cpu'")
+    return dev
+
+
+def compute_eigenspectrum(
+    dataset: Any,
+    data_path: str | os.PathLike | None = None,
+    model: str | nn.Module = "mlp",
+    checkpoint_path: str | os.PathLike | None = None,
+    curvature_matrix: str = "hessian_lanczos",
+    lanczos_iters: int = 100,
+    save_spectrum_path: str | os.PathLike | None = None,
+    save_eigvec: bool = False,
+    batch_size: int = 128,
+    bn_train_mode: bool = False,
+    num_subsamples: int | None = None,
+    subsample_seed: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    *,
+    probes: int = 1,
+    params: Any = None,
+    dtype: torch.dtype | None = None,
+    weight_decay: float = 0.0,
+    model_kwargs: dict[str, Any] | None = None,
+    loss_fn: Any = None,
+    download: bool = False,
+    verbose: bool = True,
+) -> SpectrumResult:
+    """Learn the spectrum of a network's curvature matrix at a checkpoint (paper Appendix C.1).
+
+    The curvature is that of the mean training loss over the (optionally subsampled) training set,
+    without augmentation.
+
+    Args:
+        dataset: a data-set name (``"digits"``, ``"cifar100"``...), a Dataset or a DataLoader.
+        data_path: folder of the data files (file-based data sets).
+        model: a model name from the registry or an ``nn.Module``.
+        checkpoint_path: a checkpoint written by ``train_network`` (loaded with
+            ``weights_only=True``); ``None`` uses the model's current weights.
+        curvature_matrix: ``"hessian_lanczos"``, ``"ggn_lanczos"``, ``"fisher_lanczos"`` (empirical)
+            or ``"fisher_mc_lanczos"``.
+        lanczos_iters: Lanczos steps ``m``.
+        save_spectrum_path: where to write ``.npz`` + ``.json`` (``None``: not saved).
+        save_eigvec: keep (and save) the ``(P, m)`` Ritz vectors.
+        batch_size: batch size of the data passes (matters for ``bn_train_mode`` only).
+        bn_train_mode: batch-norm layers use batch statistics (the loss as trained) instead of
+            running statistics.
+        num_subsamples: use a seeded random subset of this many training samples.
+        subsample_seed: seed of that subset.
+        seed: seed of the Lanczos probe vectors.
+        device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
+        probes: number of probe vectors.
+        params: parameter subset (names, glob patterns or modules).
+        dtype: evaluate in this dtype (e.g. ``torch.float64``).
+        weight_decay: add ``weight_decay * I`` (the L2 term) to the matrix.
+        model_kwargs: keyword arguments of the model factory.
+        loss_fn: the loss (default cross-entropy).
+        download: allow downloading a missing data set (torchvision).
+        verbose: progress bars.
+
+    Returns:
+        The :class:`SpectrumResult` (also written to ``save_spectrum_path``).
+    """
+    from ..data import load_data
+    from ..models import get_model
+    from ..training.checkpoint import load_checkpoint
+
+    key = str(curvature_matrix).lower()
+    if key not in CURVATURE_MATRICES:
+        raise ValueError(
+            f"unknown curvature_matrix {curvature_matrix!r}: use one of "
+            f"{', '.join(k for k in CURVATURE_MATRICES if k.endswith('_lanczos'))}"
+        )
+    matrix = CURVATURE_MATRICES[key]
+    dev = resolve_device(device)
+    bundle = load_data(
+        dataset,
+        data_path,
+        batch_size=batch_size,
+        augment=False,
+        shuffle_train=False,
+        subsample=num_subsamples,
+        seed=0 if subsample_seed is None else subsample_seed,
+        download=download,
+    )
+    model_name = model if isinstance(model, str) else type(model).__name__
+    net = get_model(
+        model,
+        num_classes=bundle.num_classes,
+        in_channels=bundle.in_channels,
+        input_size=bundle.input_size,
+        **(model_kwargs or {}),
+    )
+    if checkpoint_path is not None:
+        load_checkpoint(checkpoint_path, net, map_location="cpu")
+    net = net.to(dev)
+    res = spectrum(
+        net,
+        loss_fn or nn.CrossEntropyLoss(),
+        bundle.train_loader,
+        matrix=matrix,
+        steps=lanczos_iters,
+        probes=probes,
+        seed=seed,
+        store_vectors=save_eigvec,
+        verbose=verbose,
+        params=params,
+        bn_mode="train" if bn_train_mode else "eval",
+        dtype=dtype,
+        weight_decay=weight_decay,
+        device=dev,
+        config={
+            "curvature_matrix": key,
+            "model": model_name,
+            "model_kwargs": model_kwargs or {},
+            "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
+            "data_path": str(data_path) if data_path is not None else None,
+            "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
+            "batch_size": batch_size,
+            "bn_train_mode": bn_train_mode,
+            "num_subsamples": num_subsamples,
+            "subsample_seed": subsample_seed,
+            "params": params if params is None or isinstance(params, (str, list)) else str(params),
+            "weight_decay": weight_decay,
+        },
+    )
+    if save_spectrum_path is not None:
+        res.save(Path(save_spectrum_path))
+    return res
