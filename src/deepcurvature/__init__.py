@@ -10,6 +10,7 @@ from .analysis import *  # noqa: F403
 from .analysis import __all__ as _analysis_all
 from .data import *  # noqa: F403
 from .data import __all__ as _data_all
+from .demo import run_demo
 from .linalg import *  # noqa: F403
 from .linalg import __all__ as _linalg_all
 from .models import *  # noqa: F403
@@ -29,6 +30,7 @@ from .training import __all__ as _training_all
 
 __all__ = [
     "__version__",
+    "run_demo",
     *_linalg_all,
     *_rmt_all,
     *_operators_all,

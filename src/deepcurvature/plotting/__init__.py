@@ -1,3 +1,5 @@
-"""deepcurvature.plotting (filled in by its issue)."""
+"""Figures of spectra: the paper's stem plot of a spectral density, written atomically."""
 
-__all__: list[str] = []
+from .spectrum import plot_spectrum, save_figure
+
+__all__ = ["plot_spectrum", "save_figure"]
