@@ -1,3 +1,43 @@
-"""deepcurvature.training (filled in by its issue)."""
+"""Training: ``train_network``, learning-rate schedules, checkpoints and per-epoch statistics."""
 
-__all__: list[str] = []
+from .checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .rng import get_rng_state, set_rng_state
+from .schedules import (
+    Schedule,
+    constant_schedule,
+    cosine_schedule,
+    get_schedule,
+    linear_schedule,
+    list_schedules,
+    step_schedule,
+)
+from .stats import StatsLog, evaluate, weight_norms
+from .train import TrainResult, train_network
+
+__all__ = [
+    "Schedule",
+    "StatsLog",
+    "TrainResult",
+    "checkpoint_path",
+    "constant_schedule",
+    "cosine_schedule",
+    "evaluate",
+    "get_rng_state",
+    "get_schedule",
+    "linear_schedule",
+    "list_checkpoints",
+    "list_schedules",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+    "step_schedule",
+    "train_network",
+    "weight_norms",
+]

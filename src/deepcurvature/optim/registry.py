@@ -1,0 +1,125 @@
+"""Optimisers by name: ``build_optimizer("SGD", model, lr=0.05, momentum=0.9)``.
+
+Names are case-insensitive. Built in: ``SGD`` (momentum, Nesterov, weight decay), ``Adam``,
+``AdamW`` (torch's), ``KFAC``, ``SWATS``, ``Gadam`` and ``GadamW``. :func:`register_optimizer`
+adds a user factory ``factory(params_or_model, **kwargs) -> torch.optim.Optimizer``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .gadam import Gadam, GadamW
+from .kfac import KFAC
+from .swats import SWATS
+
+__all__ = ["build_optimizer", "list_optimizers", "optimizer_defaults", "register_optimizer"]
+
+
+@dataclass
+class _Entry:
+    name: str
+    factory: Callable[..., torch.optim.Optimizer]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_model: bool = False
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_optimizer(
+    name: str, *, defaults: dict[str, Any] | None = None, needs_model: bool = False
+) -> Callable:
+    """Decorator registering ``factory(params_or_model, **kwargs)`` under ``name``.
+
+    Args:
+        name: the (case-insensitive) name.
+        defaults: keyword arguments used when the caller does not give them.
+        needs_model: the factory needs the ``nn.Module`` itself (like K-FAC), not its parameters.
+    """
+
+    def deco(factory: Callable[..., torch.optim.Optimizer]) -> Callable:
+        _REGISTRY[name.lower()] = _Entry(name, factory, dict(defaults or {}), needs_model)
+        return factory
+
+    return deco
+
+
+register_optimizer("SGD", defaults={"lr": 0.05, "momentum": 0.9})(torch.optim.SGD)
+register_optimizer("Adam", defaults={"lr": 1e-3})(torch.optim.Adam)
+register_optimizer("AdamW", defaults={"lr": 1e-3})(torch.optim.AdamW)
+register_optimizer("KFAC", defaults={"lr": 0.05, "momentum": 0.9}, needs_model=True)(KFAC)
+register_optimizer("SWATS", defaults={"lr": 1e-3})(SWATS)
+register_optimizer("Gadam", defaults={"lr": 1e-3})(Gadam)
+register_optimizer("GadamW", defaults={"lr": 1e-3})(GadamW)
+
+
+def list_optimizers() -> list[str]:
+    """Registered optimiser names (in their canonical spelling)."""
+    return sorted((e.name for e in _REGISTRY.values()), key=str.lower)
+
+
+def _entry(name: str) -> _Entry:
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}: use one of {list_optimizers()}")
+    return _REGISTRY[key]
+
+
+def optimizer_defaults(name: str) -> dict[str, Any]:
+    """The keyword arguments :func:`build_optimizer` uses for ``name`` when not given."""
+    return dict(_entry(name).defaults)
+
+
+def _accepted(factory: Callable) -> tuple[list[str], bool]:
+    sig = inspect.signature(factory)
+    params = list(sig.parameters.values())[1:]  # the first takes the parameters / model
+    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    return names, var_kw
+
+
+def build_optimizer(
+    name: str, params_or_model: nn.Module | Iterable, **kwargs: Any
+) -> torch.optim.Optimizer:
+    """Build a registered optimiser.
+
+    Args:
+        name: case-insensitive name, see :func:`list_optimizers`.
+        params_or_model: the model (its trainable parameters are optimised) or an iterable of
+            parameters / parameter groups. K-FAC needs the model.
+        **kwargs: the optimiser's arguments (``lr``, ``momentum``, ``weight_decay``...); the
+            registry's defaults (:func:`optimizer_defaults`) fill the missing ones.
+
+    Raises:
+        ValueError: unknown name, an argument the optimiser does not take (the message lists the
+            accepted ones), or parameters given where the model is needed.
+    """
+    entry = _entry(name)
+    accepted, var_kw = _accepted(entry.factory)
+    bad = sorted(k for k in kwargs if k not in accepted)
+    if bad and not var_kw:
+        raise ValueError(
+            f"optimizer {entry.name!r} does not take {bad}: its arguments are {accepted}"
+        )
+    args = {**entry.defaults, **kwargs}
+    if entry.needs_model:
+        if not isinstance(params_or_model, nn.Module):
+            raise ValueError(
+                f"optimizer {entry.name!r} needs the model (an nn.Module), not parameters"
+            )
+        target = params_or_model
+    elif isinstance(params_or_model, nn.Module):
+        target = [p for p in params_or_model.parameters() if p.requires_grad]
+    else:
+        target = params_or_model
+    try:
+        return entry.factory(target, **args)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"could not build optimizer {entry.name!r} with {args}: {exc}") from exc

@@ -1,0 +1,239 @@
+"""Checkpoints: ``checkpoint-00025.pt`` files that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict with the keys
+
+* ``"format"`` (``"deepcurvature-checkpoint"``) and ``"version"`` (1);
+* ``"epoch"``: epochs completed (0 for the checkpoint written before training);
+* ``"state_dict"``: the model's state dict; ``"optimizer"``: the optimiser's (or ``None``);
+* ``"config"``: a JSON-serialisable description of the run (model name and kwargs, dataset,
+  ``num_classes``, ``in_channels``, ``input_size``, optimiser name and kwargs, schedule, seed...);
+* ``"rng"``: the RNG states needed for an exact resume (see :mod:`.rng`);
+* ``"swa_state"``: the SWA averaged model's state dict (keys ``module.*`` and ``n_averaged``),
+  ``"average_state"``: the model state with Gadam's averaged weights, both when used;
+* ``"stats"``: the rows of ``stats.json`` up to this epoch.
+
+Only tensors, dicts, lists, numbers, strings and ``None`` are stored. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_write_bytes
+
+__all__ = [
+    "checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT = "deepcurvature-checkpoint"
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def checkpoint_path(directory: str | os.PathLike, epoch: int) -> Path:
+    """``directory/checkpoint-{epoch:05d}.pt``."""
+    return Path(directory) / f"checkpoint-{int(epoch):05d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The checkpoint files of a run folder, sorted by epoch."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epoch: int,
+    config: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a checkpoint atomically (``torch.save`` to memory, then temporary file + rename).
+
+    Args:
+        path: the file (see :func:`checkpoint_path`).
+        model: its ``state_dict()`` is stored under ``"state_dict"``.
+        optimizer: its ``state_dict()`` is stored under ``"optimizer"``.
+        epoch: epochs completed.
+        config: JSON-serialisable run description.
+        **extra: more entries (``rng``, ``swa_state``, ``average_state``, ``stats``...).
+
+    Returns:
+        The path written.
+    """
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": 1,
+        "epoch": int(epoch),
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "config": dict(config or {}),
+        **extra,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only=True``) without applying it.
+
+    A file holding only a model state dict is accepted and returned as
+    ``{"state_dict": ..., "epoch": None, "config": {}}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a loadable checkpoint (for example it holds pickled objects).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(
+            f"cannot load checkpoint {path} safely with weights_only=True (only tensors, dicts, "
+            f"lists, numbers and strings are allowed; re-save it with deepcurvature's "
+            f"save_checkpoint): {str(exc).splitlines()[0]}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
+    if "state_dict" not in data:
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            return {"state_dict": data, "epoch": None, "config": {}, "optimizer": None}
+        raise ValueError(
+            f"checkpoint {path} has no 'state_dict' entry (keys: {sorted(map(str, data))[:10]})"
+        )
+    data.setdefault("config", {})
+    return data
+
+
+def _made_for(ckpt: dict[str, Any]) -> str:
+    cfg = ckpt.get("config") or {}
+    if not cfg.get("model"):
+        return "an unrecorded model"
+    parts = [f"model {cfg['model']!r}"]
+    for key in ("model_kwargs", "num_classes", "in_channels", "input_size", "dataset"):
+        if cfg.get(key) not in (None, {}):
+            parts.append(f"{key}={cfg[key]!r}")
+    return ", ".join(parts)
+
+
+def _short(items: list[str], limit: int = 10) -> str:
+    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _check_fits(
+    state: dict[str, torch.Tensor], model: nn.Module, path: Path, ckpt: dict[str, Any]
+) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [
+        f"checkpoint {path} does not fit the given model ({type(model).__name__}); "
+        f"it was made for {_made_for(ckpt)}. Build that model (same name, kwargs, classes, "
+        f"input channels and size) to load it."
+    ]
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): {_short(missing)}")
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+    if shapes:
+        lines.append(f"shape mismatches ({len(shapes)}): {_short(shapes)}")
+    raise ValueError("\n".join(lines))
+
+
+def _weights(ckpt: dict[str, Any], weights: str, path: Path) -> dict[str, torch.Tensor]:
+    if weights == "model":
+        return ckpt["state_dict"]
+    if weights == "swa":
+        swa = ckpt.get("swa_state")
+        if not swa:
+            raise ValueError(f"checkpoint {path} holds no SWA weights (train with swa=True)")
+        return {k[len("module.") :]: v for k, v in swa.items() if k.startswith("module.")}
+    if weights == "average":
+        avg = ckpt.get("average_state")
+        if not avg:
+            raise ValueError(
+                f"checkpoint {path} holds no averaged weights (train with Gadam/GadamW "
+                f"after averaging has started)"
+            )
+        return avg
+    raise ValueError(f"weights must be 'model', 'swa' or 'average', got {weights!r}")
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    map_location: str | torch.device | None = None,
+    weights: str = "model",
+) -> dict[str, Any]:
+    """Load a checkpoint (``weights_only=True``) and optionally apply it to a model and optimiser.
+
+    Args:
+        path: a checkpoint written by :func:`save_checkpoint` (or a bare model state dict).
+        model: if given, receives the weights (strictly: every key and shape must match).
+        optimizer: if given, receives the optimiser state.
+        map_location: as for ``torch.load``; by default the model's device when a model is given.
+        weights: which weights go into ``model``: ``"model"`` (the trained iterate), ``"swa"``
+            (the SWA average) or ``"average"`` (Gadam's average).
+
+    Returns:
+        The checkpoint dict (``epoch``, ``config``, ``state_dict``, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the checkpoint does not fit the model; the message lists the missing and
+            unexpected keys and the shape mismatches, and names the model it was made for.
+    """
+    path = Path(path)
+    if map_location is None and model is not None:
+        first = next(iter(model.parameters()), None)
+        map_location = first.device if first is not None else None
+    ckpt = read_checkpoint(path, map_location=map_location)
+    if model is not None:
+        state = _weights(ckpt, weights, path)
+        _check_fits(state, model, path, ckpt)
+        model.load_state_dict(state)
+    if optimizer is not None:
+        if ckpt.get("optimizer") is None:
+            raise ValueError(f"checkpoint {path} holds no optimizer state")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            made = (ckpt.get("config") or {}).get("optimizer", "an unrecorded optimizer")
+            raise ValueError(
+                f"the optimizer state in {path} (made by {made!r}) does not fit the given "
+                f"{type(optimizer).__name__}: {exc}"
+            ) from exc
+    return ckpt

@@ -1,0 +1,168 @@
+"""Per-epoch statistics: evaluation, weight norms, and the ``stats.json`` file.
+
+``stats.json`` is one JSON object ``{"format": "deepcurvature-stats", "version": 1, "config":
+{...}, "columns": [...], "rows": [{...}, ...]}`` with one row per completed epoch, rewritten
+atomically after every epoch (so it is always valid JSON). Columns: ``epoch`` (epochs completed,
+from 1), ``lr`` (learning rate at the start of the epoch), ``train_loss``, ``train_accuracy``
+(running means over the epoch's batches in training mode), ``test_loss``, ``test_accuracy``,
+``test_top5_accuracy`` (``null`` when fewer than 5 classes, and every test column is ``null`` on
+epochs without evaluation, see ``eval_freq``), ``time`` (seconds of training in the epoch),
+``eval_time``, ``weight_l2``, ``weight_linf``, and when used ``swa_test_loss``,
+``swa_test_accuracy``, ``swa_test_top5_accuracy``, ``swa_n_averaged`` (SWA) or
+``avg_test_loss``, ``avg_test_accuracy``, ``avg_test_top5_accuracy``, ``n_averaged`` (Gadam).
+Accuracies are fractions in [0, 1]. Non-finite numbers are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_write_text
+
+__all__ = ["StatsLog", "evaluate", "weight_norms"]
+
+BASE_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "test_top5_accuracy",
+    "time",
+    "eval_time",
+    "weight_l2",
+    "weight_linf",
+]
+
+
+def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+    return out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device | str | None = None,
+) -> dict[str, float | None]:
+    """Mean loss, accuracy and top-5 accuracy of ``model`` (in eval mode) over ``loader``.
+
+    The loss is weighted by batch size (``loss_fn`` must use mean reduction), so the result is
+    the mean over samples. Results are accumulated on the device and read once at the end.
+
+    Returns:
+        ``{"loss", "accuracy", "top5_accuracy", "count"}``; accuracies are ``None`` when outputs
+        are not ``(B, C)`` logits with integer targets, top-5 when ``C < 5``.
+    """
+    was_training = model.training
+    model.eval()
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    count, classify, top5 = 0, None, None
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            out = model(x)
+            b = y.shape[0]
+            loss_sum += loss_fn(out, y).double() * b
+            count += b
+            if classify is None:
+                classify = _is_classification(out, y)
+                top5 = classify and out.shape[1] >= 5
+            if classify:
+                correct += (out.argmax(dim=1) == y).sum()
+                if top5:
+                    top = out.topk(5, dim=1).indices
+                    correct5 += (top == y.unsqueeze(1)).any(dim=1).sum()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the evaluation loader is empty")
+    return {
+        "loss": float(loss_sum) / count,
+        "accuracy": float(correct) / count if classify else None,
+        "top5_accuracy": float(correct5) / count if top5 else None,
+        "count": count,
+    }
+
+
+@torch.no_grad()
+def weight_norms(model: nn.Module) -> tuple[float, float]:
+    """``(L2 norm, L-inf norm)`` of all the model's parameters as one vector."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return 0.0, 0.0
+    sq = sum(p.double().pow(2).sum() for p in params)
+    inf = max(p.abs().max() for p in params if p.numel())
+    return math.sqrt(float(sq)), float(inf)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class StatsLog:
+    """The growing table of per-epoch rows, mirrored to ``stats.json`` after every append.
+
+    Args:
+        path: the JSON file, or ``None`` to keep the rows in memory only.
+        config: the run description stored beside the rows.
+        rows: initial rows (from a resumed checkpoint).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        config: dict[str, Any] | None = None,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.config = dict(config or {})
+        self.rows: list[dict[str, Any]] = [dict(r) for r in (rows or [])]
+
+    def columns(self) -> list[str]:
+        """Column names: the base ones, then any extra ones in order of appearance."""
+        cols = list(BASE_COLUMNS)
+        for r in self.rows:
+            cols.extend(k for k in r if k not in cols)
+        return cols
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add a row and rewrite the file atomically."""
+        self.rows.append({k: _clean(v) for k, v in row.items()})
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite the file (no-op without a path)."""
+        if self.path is None:
+            return
+        doc = {
+            "format": "deepcurvature-stats",
+            "version": 1,
+            "config": self.config,
+            "columns": self.columns(),
+            "rows": self.rows,
+        }
+        atomic_write_text(self.path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> dict[str, Any]:
+        """Read a ``stats.json`` file (``{"config", "columns", "rows", ...}``)."""
+        return json.loads(Path(path).read_text())

@@ -1,0 +1,664 @@
+"""``train_network``: train a model, writing checkpoints and per-epoch statistics (Appendix C).
+
+A run folder holds ``checkpoint-00000.pt`` (before training), ``checkpoint-EEEEE.pt`` every
+``save_freq`` epochs and at the end (see :mod:`.checkpoint`), and ``stats.json`` (see
+:mod:`.stats`). Learning rates follow ``alpha_0 * schedule(e)`` at the start of epoch
+``e = 0, ..., T - 1`` (equation 11 for ``"linear"``). With ``swa=True`` the schedule runs over
+the first ``swa_start`` epochs (``"linear"`` then ends at ``swa_lr``, as in Izmailov et al.
+2018), the learning rate is ``swa_lr`` afterwards, and the weights after every ``swa_c_epochs``-th
+epoch from ``swa_start`` on are averaged (``torch.optim.swa_utils.AveragedModel``; batch-norm
+statistics are recomputed with ``update_bn`` before each SWA evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.utils.data import DataLoader, Dataset
+
+from .._version import __version__
+from ..linalg.probes import resolve_seed
+from ..optim import IterateAveraging, build_optimizer, optimizer_defaults
+from ..progress import ProgressBar
+from .checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from .rng import get_rng_state, loader_generators, set_rng_state
+from .schedules import Schedule, get_schedule
+from .stats import StatsLog, evaluate, weight_norms
+
+__all__ = ["TrainResult", "train_network"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_network` produced.
+
+    Attributes:
+        dir: the run folder (``None`` for an in-memory run).
+        model: the trained model (the last iterate).
+        optimizer: the optimiser, with its state.
+        stats: one dict per completed epoch (the rows of ``stats.json``).
+        checkpoints: the checkpoint files written by this call, in order.
+        config: the JSON-serialisable run description stored in checkpoints.
+        swa_model: the ``AveragedModel`` when ``swa=True``.
+    """
+
+    dir: Path | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stats: list[dict[str, Any]]
+    checkpoints: list[Path] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    swa_model: nn.Module | None = None
+
+    @property
+    def final_checkpoint(self) -> Path | None:
+        """The last checkpoint written, or ``None``."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one statistic over the epochs (``None`` where absent)."""
+        return [row.get(name) for row in self.stats]
+
+
+# ---------------------------------------------------------------------------- set-up helpers
+def _as_loader(obj: Any, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    if isinstance(obj, DataLoader):
+        return obj
+    if isinstance(obj, Dataset):
+        return DataLoader(obj, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+    raise TypeError(
+        f"expected a Dataset or DataLoader, got {type(obj).__name__}: pass a data set name, a "
+        f"Dataset, a DataLoader or a (train, test) pair of them"
+    )
+
+
+def _num_classes_of(loader: DataLoader) -> int:
+    ds = loader.dataset
+    for attr in ("num_classes",):
+        if isinstance(getattr(ds, attr, None), int):
+            return int(getattr(ds, attr))
+    if hasattr(ds, "classes"):
+        return len(ds.classes)
+    top = -1
+    for _, y in loader:
+        if y.is_floating_point():
+            raise ValueError(
+                "cannot infer num_classes from floating-point targets: pass num_classes="
+            )
+        top = max(top, int(y.max()))
+    return top + 1
+
+
+def _resolve_data(dataset: Any, data_path: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(dataset, (tuple, list)):
+        if opts["data_kwargs"]:
+            raise ValueError("data_kwargs only apply to a data set given by name")
+        if len(dataset) != 2:
+            raise ValueError(
+                f"dataset as a sequence must be a (train, test) pair, got {len(dataset)} items"
+            )
+        train = _as_loader(dataset[0], opts["batch_size"], True, opts["num_workers"])
+        test = _as_loader(dataset[1], opts["batch_size"], False, opts["num_workers"])
+        x, _ = next(iter(test))
+        return {
+            "train_loader": train,
+            "test_loader": test,
+            "name": type(train.dataset).__name__,
+            "num_classes": opts["num_classes"],
+            "in_channels": int(x.shape[1]) if x.dim() == 4 else None,
+            "input_size": [int(s) for s in x.shape[-2:]] if x.dim() == 4 else None,
+        }
+    try:
+        from ..data import load_data
+    except ImportError as exc:  # pragma: no cover - the data registry is part of the package
+        raise ValueError(
+            "the data-set registry (deepcurvature.data.load_data) is not available: pass a "
+            "(train_loader, test_loader) pair instead"
+        ) from exc
+    bundle = load_data(
+        dataset,
+        data_path,
+        batch_size=opts["batch_size"],
+        use_test=opts["use_test"],
+        val_fraction=opts["val_fraction"],
+        augment=opts["augment"],
+        download=opts["download"],
+        num_workers=opts["num_workers"],
+        subsample=opts["subsample"],
+        seed=opts["seed"],
+        **opts["data_kwargs"],
+    )
+    size = bundle.input_size
+    return {
+        "train_loader": bundle.train_loader,
+        "test_loader": bundle.test_loader,
+        "name": dataset if isinstance(dataset, str) else bundle.name,
+        "num_classes": opts["num_classes"] or bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "input_size": list(size) if isinstance(size, (tuple, list)) else size,
+    }
+
+
+def _resolve_model(model: Any, model_kwargs: dict | None, data: dict) -> tuple[nn.Module, str]:
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise ValueError("model_kwargs is only used with a model name, not an nn.Module")
+        return model, type(model).__name__
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
+    from ..models import get_model
+
+    if data["num_classes"] is None:
+        data["num_classes"] = _num_classes_of(data["train_loader"])
+    kwargs: dict[str, Any] = {"num_classes": data["num_classes"]}
+    if data["in_channels"] is not None:
+        kwargs["in_channels"] = data["in_channels"]
+    if data["input_size"] is not None:
+        kwargs["input_size"] = tuple(data["input_size"])
+    return get_model(model, **kwargs, **(model_kwargs or {})), model
+
+
+def _resolve_optimizer(
+    optimizer: Any, model: nn.Module, kwargs: dict[str, Any]
+) -> tuple[torch.optim.Optimizer, str]:
+    if isinstance(optimizer, str):
+        return build_optimizer(optimizer, model, **kwargs), optimizer
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:
+            return optimizer(params, **kwargs), optimizer.__name__
+        except TypeError as exc:
+            raise ValueError(f"could not build {optimizer.__name__} with {kwargs}: {exc}") from exc
+    raise TypeError(
+        f"optimizer must be a name or a torch.optim.Optimizer subclass, got {optimizer!r}"
+    )
+
+
+def _resolve_device(device: Any, model: Any) -> torch.device:
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"invalid device {device!r}: use e.g. 'cpu', 'cuda' or 'cuda:1'"
+            ) from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available here: use device='cpu'")
+        return dev
+    if isinstance(model, nn.Module):
+        first = next(iter(model.parameters()), None)
+        if first is not None:
+            return first.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the global generator)
+    random.seed(seed)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return str(value)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _check_args(
+    epochs: int,
+    batch_size: int,
+    save_freq: int | None,
+    eval_freq: int,
+    swa: bool,
+    swa_start: int | None,
+    swa_lr: float | None,
+    swa_c_epochs: int,
+    schedule_unit: str,
+) -> None:
+    def positive_int(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
+    positive_int("eval_freq", eval_freq)
+    if save_freq is not None:
+        positive_int("save_freq", save_freq)
+    if schedule_unit not in ("epoch", "iteration"):
+        raise ValueError(f"schedule_unit must be 'epoch' or 'iteration', got {schedule_unit!r}")
+    if swa:
+        positive_int("swa_c_epochs", swa_c_epochs)
+        if swa_start is not None and not (0 <= swa_start <= epochs):
+            raise ValueError(f"swa_start must be in [0, epochs={epochs}], got {swa_start}")
+        if swa_lr is not None and not swa_lr > 0:
+            raise ValueError(f"swa_lr must be positive, got {swa_lr}")
+
+
+# ---------------------------------------------------------------------------- the loop
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    device: torch.device,
+    progress: ProgressBar,
+    lr_at: Callable[[int], None] | None,
+) -> tuple[float, float | None]:
+    """One pass over ``loader``; returns ``(mean loss, accuracy)`` read once at the end."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count, classify = 0, None
+    n_batches = len(loader)
+    info_every = max(1, n_batches // 10)
+    for b, (x, y) in enumerate(loader):
+        if lr_at is not None:
+            lr_at(b)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        optimizer.step()
+        nb = y.shape[0]
+        count += nb
+        loss_sum += loss.detach() * nb
+        if classify is None:
+            classify = out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
+        if classify:
+            correct += (out.detach().argmax(dim=1) == y).sum()
+        progress.advance()
+        if progress.verbose and ((b + 1) % info_every == 0 or b + 1 == n_batches):
+            text = f"loss {float(loss_sum) / count:.4f}"
+            if classify:
+                text += f"  acc {float(correct) / count:.3f}"
+            progress.set_info(text)
+    if count == 0:
+        raise ValueError("the training loader is empty")
+    return float(loss_sum) / count, (float(correct) / count if classify else None)
+
+
+def _evaluate_all(
+    net: nn.Module,
+    swa_model: AveragedModel | None,
+    opt: torch.optim.Optimizer,
+    loaders: tuple[DataLoader, DataLoader],
+    loss_fn: Callable,
+    dev: torch.device,
+    bn: bool,
+) -> dict[str, Any]:
+    """Test statistics of the iterate, and of the SWA / Gadam averages when they exist."""
+    train_loader, test_loader = loaders
+    t0 = time.perf_counter()
+    res = evaluate(net, test_loader, loss_fn, dev)
+    row = {
+        "test_loss": res["loss"],
+        "test_accuracy": res["accuracy"],
+        "test_top5_accuracy": res["top5_accuracy"],
+    }
+    if swa_model is not None and int(swa_model.n_averaged) > 0:
+        if bn:  # the averaged weights need their own batch-norm statistics
+            update_bn(train_loader, swa_model, device=dev)
+        sres = evaluate(swa_model, test_loader, loss_fn, dev)
+        row.update(
+            swa_test_loss=sres["loss"],
+            swa_test_accuracy=sres["accuracy"],
+            swa_test_top5_accuracy=sres["top5_accuracy"],
+        )
+    if isinstance(opt, IterateAveraging) and opt.n_averaged > 0:
+        with opt.averaged():
+            ares = evaluate(net, test_loader, loss_fn, dev)
+        row.update(
+            avg_test_loss=ares["loss"],
+            avg_test_accuracy=ares["accuracy"],
+            avg_test_top5_accuracy=ares["top5_accuracy"],
+        )
+    row["eval_time"] = time.perf_counter() - t0
+    return row
+
+
+def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    table = Table(title=title)
+    cols = [
+        ("epoch", "epoch", "d"),
+        ("lr", "lr", ".3g"),
+        ("train loss", "train_loss", ".4f"),
+        ("train acc", "train_accuracy", ".4f"),
+        ("test loss", "test_loss", ".4f"),
+        ("test acc", "test_accuracy", ".4f"),
+    ]
+    if any(r.get("swa_test_accuracy") is not None for r in rows):
+        cols.append(("SWA test acc", "swa_test_accuracy", ".4f"))
+    if any(r.get("avg_test_accuracy") is not None for r in rows):
+        cols.append(("avg test acc", "avg_test_accuracy", ".4f"))
+    cols.append(("time (s)", "time", ".2f"))
+    for head, _, _ in cols:
+        table.add_column(head, justify="right")
+    shown = rows if len(rows) <= 12 else rows[:2] + rows[-10:]
+    for i, r in enumerate(shown):
+        if len(rows) > 12 and i == 2:
+            table.add_row(*["..."] * len(cols))
+        table.add_row(*[fmt(r.get(key), spec) for _, key, spec in cols])
+    Console().print(table)
+
+
+def train_network(
+    dir: str | os.PathLike | None,
+    dataset: str | Dataset | DataLoader | Sequence = "digits",
+    data_path: str | os.PathLike | None = None,
+    model: str | nn.Module = "mlp",
+    optimizer: str | type = "SGD",
+    optimizer_kwargs: dict[str, Any] | None = None,
+    epochs: int = 20,
+    batch_size: int = 128,
+    schedule: str | Callable[[float, float], float] = "linear",
+    schedule_kwargs: dict[str, Any] | None = None,
+    save_freq: int | None = None,
+    eval_freq: int = 1,
+    use_test: bool = True,
+    resume: str | os.PathLike | None = None,
+    swa: bool = False,
+    swa_start: int | None = None,
+    swa_lr: float | None = None,
+    swa_c_epochs: int = 1,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    verbose: bool = True,
+    *,
+    num_classes: int | None = None,
+    download: bool = False,
+    augment: bool = True,
+    subsample: int | None = None,
+    val_fraction: float = 0.1,
+    num_workers: int = 0,
+    schedule_unit: str = "epoch",
+    overwrite: bool = False,
+    data_kwargs: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a network and write checkpoints and statistics into ``dir`` (paper, Appendix C).
+
+    Args:
+        dir: run folder (created); ``None`` trains without writing any file.
+        dataset: a data-set name (``dc.load_data``: "digits", "synthetic", "cifar10", ...), a
+            ``Dataset``/``DataLoader``, or a ``(train, test)`` pair of them.
+        data_path: where the data set's files are.
+        model: a model name (``dc.get_model``) or an ``nn.Module``.
+        optimizer: a name (``dc.list_optimizers()``) or a ``torch.optim.Optimizer`` subclass.
+        optimizer_kwargs: its arguments (``lr``, ``momentum``, ``weight_decay``...).
+        epochs: number of epochs ``T``.
+        batch_size: training batch size (when the loaders are built here).
+        schedule: ``"linear"`` (equation 11), ``"constant"``, ``"step"``, ``"cosine"`` or
+            ``f(t, T) -> factor``.
+        schedule_kwargs: the schedule's parameters (``r``, ``milestones``, ``gamma``).
+        save_freq: also checkpoint every this many epochs (always at epoch 0 and at the end).
+        eval_freq: evaluate the test set every this many epochs (and at the last one).
+        use_test: evaluate on the test set; ``False``: on a validation split of the training set.
+        resume: a checkpoint to continue from (the run then matches an uninterrupted one exactly).
+        swa: stochastic weight averaging.
+        swa_start: epoch from which the weights are averaged (default ``0.75 T``).
+        swa_lr: learning rate from ``swa_start`` on (default 0.1 of the initial one).
+        swa_c_epochs: average every this many epochs.
+        seed: seeds torch, numpy and Python; ``None`` draws one (recorded in the config).
+        device: default: the model's device, else CUDA when available, else CPU.
+        model_kwargs: extra arguments of ``dc.get_model``.
+        loss_fn: ``loss_fn(outputs, targets)`` with mean reduction; default cross-entropy.
+        verbose: progress bars and the final summary table.
+        num_classes: override / supply the number of classes (for custom loaders).
+        download: fetch a missing data set (``dc.load_data``).
+        augment: the data set's standard training augmentation.
+        subsample: train on a seeded subset of this many samples.
+        val_fraction: size of the validation split when ``use_test=False``.
+        num_workers: data-loader worker processes.
+        schedule_unit: ``"epoch"`` or ``"iteration"`` (the schedule's ``t`` and ``T``).
+        overwrite: allow writing into a folder that already holds a run.
+        data_kwargs: options of the named data set (e.g. ``{"n_train": 256}`` for "synthetic").
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad arguments (before any file is written), an existing run in ``dir``
+            (without ``resume``/``overwrite``), a diverged (non-finite) training loss.
+    """
+    _check_args(
+        epochs,
+        batch_size,
+        save_freq,
+        eval_freq,
+        swa,
+        swa_start,
+        swa_lr,
+        swa_c_epochs,
+        schedule_unit,
+    )
+    if loss_fn is None:
+        loss_fn = nn.CrossEntropyLoss()
+    optimizer_kwargs = dict(optimizer_kwargs or {})
+    schedule_kwargs = dict(schedule_kwargs or {})
+    get_schedule(schedule, 1, **schedule_kwargs)  # fail fast on a bad name or parameter
+    if isinstance(optimizer, str):
+        optimizer_defaults(optimizer)  # fail fast on an unknown name
+    resume_ckpt = None
+    if resume is not None:
+        resume_ckpt = load_checkpoint(resume, map_location="cpu")  # read (and check) it first
+        if resume_ckpt.get("optimizer") is None or resume_ckpt.get("epoch") is None:
+            raise ValueError(f"{resume} is not a training checkpoint (no optimizer state / epoch)")
+    if seed is None and resume_ckpt is not None:
+        seed = (resume_ckpt.get("config") or {}).get("seed")
+    seed = resolve_seed(seed)
+    _seed_everything(seed)
+    dev = _resolve_device(device, model)
+
+    data = _resolve_data(
+        dataset,
+        data_path,
+        dict(
+            batch_size=batch_size,
+            use_test=use_test,
+            val_fraction=val_fraction,
+            augment=augment,
+            download=download,
+            num_workers=num_workers,
+            subsample=subsample,
+            num_classes=num_classes,
+            seed=seed % 2**32,
+            data_kwargs=dict(data_kwargs or {}),
+        ),
+    )
+    train_loader, test_loader = data["train_loader"], data["test_loader"]
+    loaders = (train_loader, test_loader)
+    n_batches = len(train_loader)
+    net, model_name = _resolve_model(model, model_kwargs, data)
+    net.to(dev)
+    swa_model = AveragedModel(net) if swa else None  # before the optimizer adds any hooks
+    opt, opt_name = _resolve_optimizer(optimizer, net, optimizer_kwargs)
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    lr0 = float(opt.param_groups[0]["initial_lr"])
+
+    if swa:
+        swa_start = int(0.75 * epochs) if swa_start is None else int(swa_start)
+        swa_lr = 0.1 * lr0 if swa_lr is None else float(swa_lr)
+        horizon = swa_start
+        if str(schedule).lower() == "linear" and "r" not in schedule_kwargs:
+            schedule_kwargs["r"] = min(1.0, swa_lr / lr0)
+    else:
+        horizon = epochs
+    scale = n_batches if schedule_unit == "iteration" else 1
+    sched: Schedule | None = (
+        get_schedule(schedule, horizon * scale, **schedule_kwargs) if horizon > 0 else None
+    )
+
+    config = _jsonable(
+        {
+            "model": model_name,
+            "model_kwargs": model_kwargs or {},
+            "dataset": data["name"],
+            "data_path": str(data_path) if data_path is not None else None,
+            "data_kwargs": data_kwargs or {},
+            "num_classes": data["num_classes"],
+            "in_channels": data["in_channels"],
+            "input_size": data["input_size"],
+            "use_test": use_test,
+            "batch_size": batch_size,
+            "optimizer": opt_name,
+            "optimizer_kwargs": (
+                {**optimizer_defaults(optimizer), **optimizer_kwargs}
+                if isinstance(optimizer, str)
+                else optimizer_kwargs
+            ),
+            "schedule": sched.config() if sched is not None else None,
+            "schedule_unit": schedule_unit,
+            "epochs": epochs,
+            "eval_freq": eval_freq,
+            "save_freq": save_freq,
+            "swa": swa,
+            "swa_start": swa_start,
+            "swa_lr": swa_lr,
+            "swa_c_epochs": swa_c_epochs,
+            "seed": seed,
+            "loss": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+            "device": str(dev),
+            "deepcurvature_version": __version__,
+        }
+    )
+
+    start_epoch, rows = 0, []
+    if resume_ckpt is not None:
+        load_checkpoint(resume, net, opt, map_location=dev)
+        start_epoch = int(resume_ckpt["epoch"])
+        rows = [r for r in resume_ckpt.get("stats", []) if r.get("epoch", 0) <= start_epoch]
+        if swa_model is not None:
+            if resume_ckpt.get("swa_state"):
+                swa_model.load_state_dict(resume_ckpt["swa_state"])
+    run_dir = Path(dir) if dir is not None else None
+    if run_dir is not None:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"dir {run_dir} exists and is not a folder: choose another dir")
+        busy = (run_dir / "stats.json").exists() or bool(list_checkpoints(run_dir))
+        if busy and resume is None and not overwrite:
+            raise ValueError(
+                f"{run_dir} already holds a training run: choose a new dir, continue it with "
+                f"resume=<checkpoint>, or pass overwrite=True"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if verbose:
+            print(f"run folder: {run_dir}", flush=True)
+    log = StatsLog(run_dir / "stats.json" if run_dir else None, config, rows)
+    log.write()
+    gens = loader_generators(train_loader)
+    if resume_ckpt is not None:
+        set_rng_state(resume_ckpt["rng"], gens)
+
+    written: list[Path] = []
+
+    def save(epoch: int) -> None:
+        if run_dir is None:
+            return
+        extra: dict[str, Any] = {"rng": get_rng_state(gens), "stats": log.rows}
+        if swa_model is not None:
+            extra["swa_state"] = swa_model.state_dict()
+        if isinstance(opt, IterateAveraging) and opt.n_averaged > 0:
+            with opt.averaged():
+                extra["average_state"] = {k: v.clone() for k, v in net.state_dict().items()}
+        path = checkpoint_path(run_dir, epoch)
+        save_checkpoint(path, net, opt, epoch=epoch, config=config, **extra)
+        written.append(path)
+
+    def set_lr(t_epoch: int, batch: int = 0) -> None:
+        if swa and t_epoch >= swa_start:
+            factor_lr = [swa_lr] * len(opt.param_groups)
+        else:
+            f = sched(t_epoch * scale + batch)
+            factor_lr = [g["initial_lr"] * f for g in opt.param_groups]
+        for g, lr in zip(opt.param_groups, factor_lr, strict=True):
+            g["lr"] = lr
+
+    if resume_ckpt is None:
+        save(0)
+    bn = _has_batchnorm(net)
+    try:
+        for e in range(start_epoch, epochs):
+            set_lr(e)
+            lr_now = opt.param_groups[0]["lr"]
+            per_iter = None
+            if schedule_unit == "iteration" and not (swa and e >= swa_start):
+                per_iter = lambda b, e=e: set_lr(e, b)  # noqa: E731
+            t0 = time.perf_counter()
+            with ProgressBar(n_batches, f"epoch {e + 1}/{epochs}", verbose) as bar:
+                train_loss, train_acc = _train_epoch(
+                    net, train_loader, opt, loss_fn, dev, bar, per_iter
+                )
+            train_time = time.perf_counter() - t0
+            if hasattr(opt, "epoch_end"):
+                opt.epoch_end(e + 1)
+            if swa and e + 1 >= swa_start and (e + 1 - swa_start) % swa_c_epochs == 0:
+                swa_model.update_parameters(net)
+            l2, linf = weight_norms(net)
+            row: dict[str, Any] = {
+                "epoch": e + 1,
+                "lr": lr_now,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "test_loss": None,
+                "test_accuracy": None,
+                "test_top5_accuracy": None,
+                "time": train_time,
+                "eval_time": None,
+                "weight_l2": l2,
+                "weight_linf": linf,
+            }
+            if not math.isfinite(train_loss):
+                log.append(row)
+                raise ValueError(
+                    f"training diverged: the training loss is {train_loss} at epoch {e + 1}; lower "
+                    f"the learning rate (now {lr_now:.3g}) or check the data"
+                )
+            if (e + 1) % eval_freq == 0 or e + 1 == epochs:
+                row.update(_evaluate_all(net, swa_model, opt, loaders, loss_fn, dev, bn))
+            if swa_model is not None:
+                row["swa_n_averaged"] = int(swa_model.n_averaged)
+            if isinstance(opt, IterateAveraging):
+                row["n_averaged"] = opt.n_averaged
+            log.append(row)
+            if (save_freq is not None and (e + 1) % save_freq == 0) or e + 1 == epochs:
+                save(e + 1)
+    finally:
+        if hasattr(opt, "remove_hooks"):
+            opt.remove_hooks()  # K-FAC's hooks must not outlive training
+    if verbose and log.rows:
+        title = f"{model_name} on {data['name']} with {opt_name}"
+        if run_dir is not None:
+            title += f" -> {run_dir}"
+        _print_summary(log.rows, title)
+    return TrainResult(run_dir, net, opt, log.rows, written, config, swa_model)
