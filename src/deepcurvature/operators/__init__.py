@@ -1,3 +1,25 @@
-"""deepcurvature.operators (filled in by its issue)."""
+"""Curvature matrices of a network over a data set as linear operators: Hessian, GGN, Fisher.
 
-__all__: list[str] = []
+``dc.hessian(model, loss_fn, data)``, ``dc.ggn(...)`` and ``dc.fisher(..., kind="empirical" |
+"mc")`` return :class:`~deepcurvature.linalg.LinearOperator` objects over the flattened selected
+parameters, ready for ``dc.lanczos``.
+"""
+
+from .base import CurvatureOperator
+from .fisher import FisherOperator, fisher
+from .ggn import GGNOperator, ggn
+from .hessian import HessianOperator, hessian
+from .losses import SequenceCrossEntropyLoss
+from .params import select_parameters
+
+__all__ = [
+    "CurvatureOperator",
+    "FisherOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "SequenceCrossEntropyLoss",
+    "fisher",
+    "ggn",
+    "hessian",
+    "select_parameters",
+]

@@ -1,0 +1,343 @@
+"""Curvature-product benchmark: Hessian/GGN products over a whole data set, in gradient units.
+
+Run ``python benchmarks/hvp.py`` (``--quick`` for a fast check, ``--profile`` to print where the
+time goes). Prints a table per setup and writes ``benchmarks/results/hvp.json``.
+
+Setups (float32, ``torch.set_num_threads(--threads)``, batch size 128, the whole data set per
+product):
+
+* ``mlp-digits``: an MLP 64-128-128-10 (tanh) on scikit-learn's digits (1797 samples);
+* ``cnn-bn``: a CNN with batch norm (about 95k parameters) on 1024 random 3x32x32 samples
+  (batch norm in eval mode).
+
+Every variant is one pass over the data (repeated and averaged when shorter than 0.25 s); its time
+is divided by the time of a plain gradient pass (``loss.backward()`` over the batches) measured
+right before it in the same repeat, so slow-downs caused by other jobs largely cancel. Variants
+are interleaved (gradient, A, gradient, B, ...) and repeated; the table gives the median ratio and
+its spread (min-max):
+
+* HVP: ours (``dc.hessian(...).matvec``, reverse-over-reverse), ours with the forward-over-reverse
+  engine, a plain double-backward HVP and a plain ``torch.func`` jvp-of-grad HVP written here;
+* GGN-vector product (``dc.ggn(...).matvec``);
+* ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian and the GGN;
+* SLQ with m = 30 steps: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp
+
+import deepcurvature as dc
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10)
+    )
+
+
+def cnn() -> nn.Module:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+
+
+def make_setup(name: str, quick: bool) -> tuple[nn.Module, list, int]:
+    torch.manual_seed(0)
+    if name == "mlp-digits":
+        from sklearn.datasets import load_digits
+
+        X, Y = load_digits(return_X_y=True)
+        x = torch.tensor(X, dtype=torch.float32) / 16.0
+        y = torch.tensor(Y, dtype=torch.long)
+        if quick:
+            x, y = x[:512], y[:512]
+        model = mlp()
+    else:
+        n = 256 if quick else 1024
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        model = cnn()
+        model.train()
+        with torch.no_grad():  # realistic running statistics
+            for xb, _ in batches(x, y, 128):
+                model(xb)
+    model.eval()
+    return model, batches(x, y, 128), len(y)
+
+
+# -- plain baselines written here (no deepcurvature) -----------------------------------------
+
+
+def plain_gradient(model: nn.Module, loss_fn: nn.Module, data: list) -> None:
+    model.zero_grad(set_to_none=True)
+    for x, y in data:
+        loss_fn(model(x), y).backward()
+
+
+def plain_double_backward_hvp(model: nn.Module, loss_fn: nn.Module, data: list, v: list) -> list:
+    """Sum over batches of (n_b / N) * Hessian-vector product by double backward."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = [torch.zeros_like(p) for p in params]
+    n = sum(len(y) for _, y in data)
+    for x, y in data:
+        loss = loss_fn(model(x), y) * (len(y) / n)
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((gi * vi).sum() for gi, vi in zip(g, v, strict=True))
+        for o, h in zip(out, torch.autograd.grad(dot, params), strict=True):
+            o.add_(h)
+    return out
+
+
+def plain_torch_func_hvp(model: nn.Module, loss_fn: nn.Module, data: list, v: dict) -> dict:
+    """Sum over batches of (n_b / N) * Hessian-vector product by torch.func jvp of grad."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    out = {n: torch.zeros_like(p) for n, p in params.items()}
+    total = sum(len(y) for _, y in data)
+    for x, y in data:
+
+        def loss(p: dict, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            return loss_fn(functional_call(model, p, (x,)), y) * (len(y) / total)
+
+        hv = jvp(grad(loss), (params,), (v,))[1]
+        for n in out:
+            out[n].add_(hv[n])
+    return out
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+MIN_TIME = 0.25  # seconds: short passes are repeated and averaged, against timer noise
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Mean wall-clock seconds of ``fn()``, repeated until ``MIN_TIME`` has passed."""
+    count, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        count += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= MIN_TIME:
+            return elapsed / count
+
+
+def summarise(ratios: list[float], seconds: list[float]) -> dict:
+    return {
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "seconds_median": statistics.median(seconds),
+        "ratios": ratios,
+        "seconds": seconds,
+    }
+
+
+def run_setup(name: str, args: argparse.Namespace) -> dict:
+    model, data, n = make_setup(name, args.quick)
+    loss_fn = nn.CrossEntropyLoss()
+    H = dc.hessian(model, loss_fn, data)
+    Hf = dc.hessian(model, loss_fn, data, engine="forward")
+    G = dc.ggn(model, loss_fn, data)
+    P = H.num_params
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(P, generator=gen)
+    v_list = H.unflatten(v)
+    v_dict = dict(zip(H.param_names, v_list, strict=True))
+    blocks = {k: torch.randn(P, k, generator=gen) for k in (4, 16)}
+
+    variants: dict[str, tuple[Callable[[], object], int]] = {
+        "HVP ours (reverse-over-reverse)": (lambda: H.matvec(v), 1),
+        "HVP ours, forward-over-reverse engine": (lambda: Hf.matvec(v), 1),
+        "HVP plain double backward": (
+            lambda: plain_double_backward_hvp(model, loss_fn, data, v_list),
+            1,
+        ),
+        "HVP plain torch.func jvp(grad)": (
+            lambda: plain_torch_func_hvp(model, loss_fn, data, v_dict),
+            1,
+        ),
+        "GGN-vector product ours": (lambda: G.matvec(v), 1),
+        "Hessian matmat k=4, per column": (lambda: H.matmat(blocks[4]), 4),
+        "Hessian matmat k=16, per column": (lambda: H.matmat(blocks[16]), 16),
+        "GGN matmat k=4, per column": (lambda: G.matmat(blocks[4]), 4),
+        "GGN matmat k=16, per column": (lambda: G.matmat(blocks[16]), 16),
+    }
+    # every HVP computes the same vector (float32 round-off)
+    ref = H.matvec(v)
+    others = {
+        "double backward": H.flatten(plain_double_backward_hvp(model, loss_fn, data, v_list)),
+        "torch.func": H.flatten(plain_torch_func_hvp(model, loss_fn, data, v_dict)),
+        "forward engine": Hf.matvec(v),
+    }
+    for label, other in others.items():
+        err = float((other - ref).norm() / ref.norm())
+        if not err < 1e-3:
+            raise RuntimeError(f"the {label} HVP differs from ours: relative error {err:.2e}")
+    gradient = lambda: plain_gradient(model, loss_fn, data)  # noqa: E731
+    gradient()  # warm-up
+    for fn, _ in variants.values():
+        fn()
+    samples = {k: ([], []) for k in variants}
+    grad_times: list[float] = []
+    for _ in range(args.repeats):  # interleaved: gradient, A, gradient, B, ...
+        for key, (fn, cols) in variants.items():
+            tg = timed(gradient)
+            tv = timed(fn) / cols
+            grad_times.append(tg)
+            samples[key][0].append(tv / tg)
+            samples[key][1].append(tv)
+    rows = {
+        key: {**summarise(*samples[key]), "columns": cols} for key, (_, cols) in variants.items()
+    }
+
+    # SLQ end to end: one 4-probe run against 4 one-probe runs (interleaved)
+    steps = 5 if args.quick else 30
+    slq4, slq1, slq_grad = [], [], []
+    for r in range(args.slq_repeats):
+        slq_grad.append(timed(gradient))
+        slq4.append(timed(lambda r=r: dc.lanczos(H, steps, probes=4, seed=r, verbose=False)))
+        slq1.append(
+            timed(
+                lambda r=r: [
+                    dc.lanczos(H, steps, probes=1, seed=100 * r + i, verbose=False)
+                    for i in range(4)
+                ]
+            )
+        )
+    slq = {
+        "steps": steps,
+        "probes": 4,
+        "seconds_4_probes": slq4,
+        "seconds_4_separate": slq1,
+        "speedup_median": statistics.median(b / a for a, b in zip(slq4, slq1, strict=True)),
+        "speedup_min": min(b / a for a, b in zip(slq4, slq1, strict=True)),
+        "speedup_max": max(b / a for a, b in zip(slq4, slq1, strict=True)),
+        "gradients_4_probes_median": statistics.median(
+            a / g for a, g in zip(slq4, slq_grad, strict=True)
+        ),
+        "gradients_4_separate_median": statistics.median(
+            b / g for b, g in zip(slq1, slq_grad, strict=True)
+        ),
+    }
+    return {
+        "num_params": P,
+        "num_samples": n,
+        "batch_size": 128,
+        "num_batches": len(data),
+        "gradient_seconds_median": statistics.median(grad_times),
+        "variants": rows,
+        "slq": slq,
+    }
+
+
+def print_setup(name: str, res: dict) -> None:
+    print(
+        f"\n{name}: P = {res['num_params']:,}, N = {res['num_samples']}, "
+        f"{res['num_batches']} batches of {res['batch_size']}, "
+        f"gradient pass {res['gradient_seconds_median']:.3f} s (median)"
+    )
+    print(f"{'variant':<40} {'x gradient':>10} {'spread':>13} {'seconds':>9}")
+    for key, row in res["variants"].items():
+        print(
+            f"{key:<40} {row['ratio_median']:>10.2f} "
+            f"{row['ratio_min']:>6.2f}-{row['ratio_max']:<6.2f} {row['seconds_median']:>9.3f}"
+        )
+    s = res["slq"]
+    print(
+        f"SLQ m={s['steps']}, 4 probes: one run {statistics.median(s['seconds_4_probes']):.2f} s "
+        f"({s['gradients_4_probes_median']:.1f} gradients), 4 one-probe runs "
+        f"{statistics.median(s['seconds_4_separate']):.2f} s "
+        f"({s['gradients_4_separate_median']:.1f} gradients): speed-up "
+        f"{s['speedup_median']:.2f} ({s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
+    )
+
+
+def profile(name: str, quick: bool) -> None:
+    """Print the operators that take the time in one HVP, one GGN product and one gradient."""
+    from torch.profiler import profile as torch_profile
+
+    model, data, _ = make_setup(name, quick)
+    loss_fn = nn.CrossEntropyLoss()
+    H, G = dc.hessian(model, loss_fn, data), dc.ggn(model, loss_fn, data)
+    v = torch.randn(H.num_params)
+    for label, fn in (
+        ("gradient", lambda: plain_gradient(model, loss_fn, data)),
+        ("HVP ours", lambda: H.matvec(v)),
+        ("GGN ours", lambda: G.matvec(v)),
+        ("Hessian matmat k=16", lambda: H.matmat(torch.randn(H.num_params, 16))),
+    ):
+        fn()
+        with torch_profile() as prof:
+            fn()
+        print(f"\n--- {name}: {label}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--slq-repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setups", default="mlp-digits,cnn-bn")
+    parser.add_argument("--quick", action="store_true", help="small data, 2 repeats, m = 5")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.slq_repeats = 2, 1
+    names = [s for s in args.setups.split(",") if s]
+    if args.profile:
+        for name in names:
+            profile(name, args.quick)
+        return
+    result = {
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "note": "ratios are times over a plain gradient pass measured right before, same run",
+        "setups": {},
+    }
+    for name in names:
+        res = run_setup(name, args)
+        result["setups"][name] = res
+        print_setup(name, res)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "hvp.json"
+    dc.io.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {os.path.relpath(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,586 @@
+"""The common machinery of the curvature operators of a network over a data set.
+
+A :class:`CurvatureOperator` is a :class:`~deepcurvature.linalg.LinearOperator` of shape ``(P, P)``
+over the flattened selected parameters. It represents a curvature matrix of the mean loss over the
+samples of the whole data set,
+
+    L(theta) = (1 / N) sum_b n_b loss_fn(f(x_b; theta), y_b),    N = sum_b n_b,
+
+so a batch with ``n_b`` samples has weight ``n_b / N`` (a smaller last batch is handled exactly)
+and ``L`` is ``loss_fn`` with mean reduction on the concatenated data. ``N`` is counted during every
+product (and by :attr:`CurvatureOperator.num_samples`, from ``len(loader.sampler)`` of a DataLoader
+or from a pass over the targets).
+
+Every product evaluates the model functionally (``torch.func.functional_call``) on detached copies
+of its state, inside a context that switches dropout off and sets the batch-norm layers to the
+requested mode (in eval mode as the equivalent affine maps, whose second derivatives are cheap),
+and restores everything afterwards: the user's model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..linalg.operator import LinearOperator
+from ..progress import ProgressBar
+from .batches import Batch, BatchSource
+from .losses import OutputLoss
+from .params import ParameterLayout, select_parameters
+
+__all__ = ["BN_MODES", "CurvatureOperator"]
+
+BN_MODES = ("eval", "train")
+MAX_BLOCK = 16
+CPU_BLOCK_BYTES = 16 * 2**20
+
+Tensors = dict[str, torch.Tensor]
+
+
+class CurvatureOperator(LinearOperator):
+    """Base class of :class:`HessianOperator`, :class:`GGNOperator` and :class:`FisherOperator`.
+
+    Args:
+        model: the network, an ``nn.Module`` (not modified).
+        loss_fn: ``loss_fn(output, targets) -> scalar`` with mean reduction.
+        data: an iterable of ``(inputs, targets)`` batches, iterated once per product.
+        params: parameter selection (see :func:`select_parameters`); ``None`` for all parameters
+            with ``requires_grad``.
+        bn_mode: ``"eval"`` (batch norm uses its running statistics) or ``"train"`` (batch
+            statistics of each batch; the curvature then depends on the batch size). Dropout is off
+            in both modes and no buffer of the model is ever updated.
+        weight_decay: ``lam >= 0``; adds ``lam * I``, the Hessian of ``lam / 2 * ||theta||^2``.
+        dtype: evaluation dtype (default: the model's); float64 evaluates a converted copy.
+        device: evaluation device (default: the model's).
+        cache: keep the prepared batches on the device after the first pass (memory: the whole
+            data set in ``dtype`` on ``device``).
+        verbose: show a progress bar over the batches during each product.
+    """
+
+    curvature = "curvature"
+    #: columns evaluated together (one ``vmap``) per batch; ``None`` chooses automatically (see
+    #: :meth:`_auto_block_width`). Wider products are split into blocks, so the memory of a product
+    #: is bounded by ``block_size`` copies of the activations (``to_dense`` included).
+    block_size: int | None = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[..., torch.Tensor],
+        data: Iterable[Any],
+        *,
+        params: Any = None,
+        bn_mode: str = "eval",
+        weight_decay: float = 0.0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        cache: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if bn_mode not in BN_MODES:
+            raise ValueError(
+                f"bn_mode must be 'eval' (running statistics) or 'train' (batch statistics), "
+                f"got {bn_mode!r}"
+            )
+        try:
+            weight_decay = float(weight_decay)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"weight_decay must be a number, got {type(weight_decay).__name__}"
+            ) from None
+        if not (weight_decay >= 0.0 and weight_decay < float("inf")):
+            raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
+        names = select_parameters(model, params)
+        lookup = dict(model.named_parameters())
+        first = lookup[names[0]]
+        if dtype is None:
+            dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(
+                f"dtype must be a floating torch dtype (e.g. torch.float64), got {dtype}"
+            )
+        bad = [n for n in names if not lookup[n].is_floating_point()]
+        if bad:
+            raise TypeError(f"selected parameters must be floating point; not: {', '.join(bad)}")
+        device = torch.device(device) if device is not None else first.device
+        self.layout = ParameterLayout.from_model(model, names)
+        super().__init__((self.layout.size, self.layout.size), dtype, device, symmetric=True)
+        self.model = model
+        self.objective = OutputLoss(loss_fn)
+        self.loss_fn = loss_fn
+        self.source = BatchSource(data, self.device, dtype, cache=cache)
+        self.data = data
+        self.bn_mode = bn_mode
+        self.weight_decay = weight_decay
+        self.cache = cache
+        self.verbose = verbose
+        self._selected = frozenset(names)
+        self._aliases = _tied_aliases(model)
+        self._activation_bytes: int | None = None
+        if bn_mode == "train" and _shuffles(data):
+            warnings.warn(
+                "bn_mode='train' with a shuffling DataLoader: the batch statistics change between "
+                "products, so the operator is not a fixed matrix; use shuffle=False",
+                stacklevel=3,
+            )
+
+    # -- public helpers ---------------------------------------------------------------------------
+    @property
+    def param_names(self) -> list[str]:
+        """Names of the selected parameters, in flattening order."""
+        return list(self.layout.names)
+
+    @property
+    def num_params(self) -> int:
+        """``P``: the number of selected parameter elements (the operator is ``(P, P)``)."""
+        return self.layout.size
+
+    @property
+    def num_samples(self) -> int:
+        """``N``: the number of samples of the data set (leading dimension of the targets)."""
+        return self.source.count_samples()
+
+    def flatten(self, tensors: Any) -> torch.Tensor:
+        """Concatenate tensors shaped like the selected parameters into a ``(P,)`` vector.
+
+        Takes a list in :attr:`param_names` order or a ``{name: tensor}`` dict.
+        """
+        return self.layout.flatten(tensors)
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        """Split a ``(P,)`` vector into tensors shaped like the selected parameters (views)."""
+        return self.layout.unflatten(vector)
+
+    def parameters_vector(self) -> torch.Tensor:
+        """The current values of the selected parameters, ``(P,)`` in the operator's dtype."""
+        state, _ = self._state()
+        return self.layout.flatten(state)
+
+    # -- building blocks for analyses that evaluate the model like the operator does -------------
+    def functional_state(self) -> tuple[Tensors, Tensors]:
+        """``(selected, fixed)``: detached copies of the parameters and buffers, as in a product.
+
+        ``selected`` maps the selected parameter names to their current values and ``fixed`` the
+        other parameters and copies of the buffers, all on the operator's device and dtype. Pass
+        them (or differentiable replacements of ``selected``) to :meth:`batch_output`.
+        """
+        return self._state()
+
+    def batch_output(self, params: Tensors, fixed: Tensors, batch: Batch) -> torch.Tensor:
+        """The model output ``(n_b, ...)`` on ``batch`` with parameters ``params`` (functional).
+
+        Call inside :meth:`evaluation_mode`; works under ``torch.func`` transforms.
+        """
+        return self._forward(params, fixed, batch)
+
+    def evaluation_mode(self) -> Any:
+        """Context manager: the model set up as the operator evaluates it (see ``bn_mode``).
+
+        Every flag (and batch-norm ``forward``) is restored on exit.
+        """
+        return self._evaluation_mode()
+
+    def batches(self) -> Iterator[Batch]:
+        """The data set's batches, prepared (checked, on the device, in the dtype)."""
+        return iter(self.source)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A JSON-able description of the operator (for result files)."""
+        return {
+            "curvature": self.curvature,
+            "num_params": self.num_params,
+            "param_names": self.param_names,
+            "bn_mode": self.bn_mode,
+            "weight_decay": self.weight_decay,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            **self.objective.describe(),
+        }
+
+    def loss(self, *, include_weight_decay: bool = True) -> float:
+        """The mean loss ``L`` over the data set, as a float.
+
+        Adds ``lam / 2 ||theta||^2`` over the selected parameters when ``weight_decay`` is set and
+        ``include_weight_decay`` (so that the operator is the Hessian of this function).
+        """
+        state, fixed = self._state()
+        total, n_total = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        values: list[tuple[int, torch.Tensor]] = []
+        with torch.no_grad(), self._evaluation_mode(), self._bar("loss") as bar:
+            for batch in self.source:
+                value = self.objective(self._forward(state, fixed, batch), batch.targets)
+                values.append((batch.index, value))
+                total += batch.n * value.double()
+                n_total += batch.n
+                bar.advance()
+        _raise_if_not_finite(values, None, "loss", lambda: None)
+        out = float(total) / n_total
+        if include_weight_decay and self.weight_decay:
+            sq = sum(float((t.double() ** 2).sum()) for t in state.values())
+            out += 0.5 * self.weight_decay * sq
+        return out
+
+    def gradient(self, *, include_weight_decay: bool = True) -> torch.Tensor:
+        """The gradient ``(P,)`` of the mean loss over the data set.
+
+        Adds ``lam * theta`` when ``weight_decay`` is set and ``include_weight_decay``.
+        """
+        state, fixed = self._state()
+        names = self.layout.names
+        leaves = {n: state[n].detach().requires_grad_() for n in names}
+        leaf_list = [leaves[n] for n in names]
+        acc = [torch.zeros_like(t) for t in leaf_list]
+        n_total = 0
+        values: list[tuple[int, torch.Tensor]] = []
+
+        def batch_gradient(batch: Batch) -> tuple[tuple, torch.Tensor]:
+            with torch.enable_grad():
+                value = self.objective(self._forward(leaves, fixed, batch), batch.targets)
+                grads = torch.autograd.grad(value * batch.n, leaf_list, allow_unused=True)
+            return grads, value.detach()
+
+        def locate() -> int | None:
+            with self._evaluation_mode():
+                for batch in self.source:
+                    grads, _ = batch_gradient(batch)
+                    if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+                        return batch.index
+            return None
+
+        with self._evaluation_mode(), self._bar("gradient") as bar:
+            for batch in self.source:
+                grads, value = batch_gradient(batch)
+                for a, g in zip(acc, grads, strict=True):
+                    if g is not None:
+                        a.add_(g)
+                values.append((batch.index, value))
+                n_total += batch.n
+                bar.advance()
+        g = torch.cat([a.reshape(-1) for a in acc]) / n_total
+        _raise_if_not_finite(values, g, "gradient", locate)
+        if include_weight_decay and self.weight_decay:
+            g = g + self.weight_decay * self.layout.flatten(state)
+        return g
+
+    # -- the product ------------------------------------------------------------------------------
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        k = V.shape[1]
+        tangents = self.layout.columns_to_dict(V)
+        state, fixed = self._state()
+        names = self.layout.names
+        leaves = {n: state[n].detach().requires_grad_() for n in names}
+        acc = {
+            n: torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device) for n, t in state.items()
+        }
+        plan: list[tuple[Block, list[torch.Tensor]]] = []
+        n_total = 0
+        values: list[tuple[int, torch.Tensor]] = []
+        with self._evaluation_mode(), self._bar(f"{self.curvature} product") as bar:
+            for batch in self.source:
+                if not plan:  # blocks of columns, planned once per product on the first batch
+                    width = self._block_width(k, leaves, fixed, batch)
+                    for j0 in range(0, k, width):
+                        j1 = min(j0 + width, k)
+                        part = {n: t[j0:j1] for n, t in tangents.items()}
+                        single = {n: t[0] for n, t in part.items()} if j1 - j0 == 1 else None
+                        block = Block(j1 - j0, part, single, state, leaves)
+                        plan.append((block, [acc[n][j0:j1] for n in names]))
+                contribs, value = self._batch_products([b for b, _ in plan], fixed, batch)
+                for (_, targets), contrib in zip(plan, contribs, strict=True):
+                    for target, c in zip(targets, contrib, strict=True):
+                        if c is not None:
+                            target.add_(c)  # (k, *shape), or (*shape) when k == 1
+                values.append((batch.index, value))
+                n_total += batch.n
+                bar.advance()
+        out = self.layout.dict_to_columns(acc).div_(n_total)
+        blocks = [b for b, _ in plan]
+        _raise_if_not_finite(
+            values, out, f"{self.curvature} product", lambda: self._locate(blocks, fixed)
+        )
+        if self.weight_decay:
+            out.add_(V, alpha=self.weight_decay)
+        return out
+
+    def _locate(self, blocks: list[Block], fixed: Tensors) -> int | None:
+        """Diagnostic pass after a non-finite product: the first batch whose product is not finite.
+
+        Returns ``None`` if every batch is finite on its own.
+        """
+        with self._evaluation_mode():
+            for batch in self.source:
+                contribs, _ = self._batch_products(blocks, fixed, batch)
+                for contrib in contribs:
+                    for c in contrib:
+                        if c is not None and not bool(torch.isfinite(c).all()):
+                            return batch.index
+        return None
+
+    def _block_width(self, k: int, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
+        """How many columns one ``vmap`` evaluates: ``block_size`` when set, else automatic."""
+        if self.block_size is not None:
+            return max(1, int(self.block_size))
+        if k == 1:
+            return 1
+        return self._auto_block_width(leaves, fixed, batch)
+
+    def _auto_block_width(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
+        """16 columns, fewer on the CPU when a block's tensors would be large.
+
+        A block creates tensors of ``width x`` the largest activation, and on the CPU tensors
+        beyond a few tens of MiB are fresh memory maps each time (page faults then dominate the
+        product, see ``benchmarks/hvp.py``); blocks are sized to stay below 16 MiB.
+        """
+        if self.device.type != "cpu":
+            return MAX_BLOCK
+        if self._activation_bytes is None:
+            self._activation_bytes = self._largest_activation(leaves, fixed, batch)
+        return max(1, min(MAX_BLOCK, CPU_BLOCK_BYTES // max(1, self._activation_bytes)))
+
+    def _largest_activation(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
+        """Bytes of the largest tensor the forward pass of ``batch`` saves for backward."""
+        largest = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal largest
+            largest = max(largest, t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+            self._forward(leaves, fixed, batch)
+        return largest
+
+    def _batch_products(
+        self, blocks: list[Block], fixed: Tensors, batch: Batch
+    ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
+        """Products of every block on one batch (subclasses may share work between blocks)."""
+        out, value = [], None
+        for block in blocks:
+            contrib, value = self._batch_product(block, fixed, batch)
+            out.append(contrib)
+        assert value is not None
+        return out, value
+
+    def _batch_product(
+        self, block: Block, fixed: Tensors, batch: Batch
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        """Return ``n_b * C_b V`` for the block's columns and the batch loss.
+
+        ``C_b`` is the curvature of the batch's mean loss; the product is one tensor per selected
+        parameter in flattening order (``(k, *shape)``, or ``(*shape)`` when ``k == 1``; ``None``
+        for zero).
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    # -- internals --------------------------------------------------------------------------------
+    def _state(self) -> tuple[Tensors, Tensors]:
+        """Detached selected parameters and the fixed rest (other parameters, buffer copies).
+
+        All on the operator's device, floating tensors in its dtype.
+        """
+        selected: Tensors = {}
+        fixed: Tensors = {}
+        for name, p in self.model.named_parameters():
+            t = self._convert(p)
+            (selected if name in self._selected else fixed)[name] = t
+        for name, b in self.model.named_buffers():
+            t = self._convert(b)
+            if t.data_ptr() == b.data_ptr() and t.numel():
+                t = t.clone()  # never let a forward pass write into the user's buffers
+            fixed[name] = t
+        return selected, fixed
+
+    def _convert(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if t.is_floating_point():
+            return t.to(device=self.device, dtype=self.dtype)
+        return t.to(device=self.device)
+
+    def _forward(self, state: Tensors, fixed: Tensors, batch: Batch) -> torch.Tensor:
+        """The model output ``(n_b, ...)`` on one batch with parameters ``state``."""
+        tensors = {**fixed, **state}
+        for alias, name in self._aliases:  # tied weights: every name gets the same tensor
+            tensors[alias] = tensors[name]
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(self.model, tensors, args, kwargs, tie_weights=False)
+
+        return _as_output(batch.call(call), batch.index)
+
+    @contextmanager
+    def _evaluation_mode(self) -> Iterator[None]:
+        """Dropout off, batch norm per ``bn_mode``, running statistics never updated.
+
+        Every module's ``training`` flag and ``track_running_stats`` are restored on exit. In
+        ``bn_mode="eval"``, the standard batch-norm layers are evaluated as the affine maps they
+        are, ``x * scale + shift`` (same function; its second derivatives are far cheaper than
+        those of ``F.batch_norm``): their ``forward`` is replaced for the duration.
+        """
+        modules = list(self.model.modules())
+        flags = [m.training for m in modules]
+        norms = [m for m in modules if isinstance(m, _BatchNorm)]
+        tracking = [m.track_running_stats for m in norms]
+        affine = [m for m in norms if type(m) in _AFFINE_NORMS and m.running_mean is not None]
+        own_forward = [m.__dict__.get("forward") for m in affine]
+        try:
+            for m in modules:
+                m.training = False
+            if self.bn_mode == "train":
+                for m in norms:
+                    # batch statistics; running statistics neither used nor updated
+                    m.training = True
+                    m.track_running_stats = False
+            else:
+                for m in affine:
+                    m.forward = types.MethodType(_affine_batch_norm, m)
+            yield
+        finally:
+            for m, f in zip(modules, flags, strict=True):
+                m.training = f
+            for m, t in zip(norms, tracking, strict=True):
+                m.track_running_stats = t
+            for m, fwd in zip(affine, own_forward, strict=True):
+                if fwd is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.forward = fwd
+
+    def _bar(self, description: str) -> ProgressBar:
+        total = self.source.num_batches
+        return ProgressBar(total or 0, description, verbose=self.verbose and bool(total))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(P={self.num_params}, params={len(self.param_names)} tensors, "
+            f"loss={self.objective.name}, bn_mode={self.bn_mode!r}, "
+            f"weight_decay={self.weight_decay}, dtype={self.dtype}, device={self.device})"
+        )
+
+
+@dataclass
+class Block:
+    """A block of ``k`` columns of a product, prepared once per product.
+
+    Attributes:
+        k: number of columns.
+        tangents: ``{name: (k, *shape)}``.
+        single: ``{name: (*shape)}`` when ``k == 1`` (else ``None``).
+        state: detached parameter values ``{name: tensor}``.
+        leaves: the same values as autograd leaves (``requires_grad=True``), shared by all
+            batches of the product.
+    """
+
+    k: int
+    tangents: Tensors
+    single: Tensors | None
+    state: Tensors
+    leaves: Tensors
+
+
+def _raise_if_not_finite(
+    values: list[tuple[int, torch.Tensor]],
+    result: torch.Tensor | None,
+    what: str,
+    locate: Callable[[], int | None],
+) -> None:
+    """One finiteness check per pass (no host synchronisation per batch).
+
+    Raises ``FloatingPointError`` naming the first batch whose loss is not finite or, for a finite
+    loss but a non-finite ``result``, the batch ``locate()`` finds.
+    """
+    if not values:
+        return
+    losses = torch.stack([v for _, v in values]).detach()
+    total = losses.sum() if result is None else losses.sum() + result.sum()
+    if bool(torch.isfinite(total)):  # the one host synchronisation on the fast path
+        return
+    ok = torch.isfinite(losses)
+    if result is not None and bool(ok.all()) and bool(torch.isfinite(result).all()):
+        return  # every entry is finite; only their sum overflowed
+    if not bool(ok.all()):
+        pos = int((~ok).nonzero()[0, 0])
+        raise FloatingPointError(_loss_message(values[pos][0], float(losses[pos])))
+    index = locate()
+    where = f"on batch {index}" if index is not None else "(summed over the batches)"
+    raise FloatingPointError(
+        f"the {what} {where} is not finite although the loss is; the derivatives overflow or are "
+        "undefined there: evaluate in float64 (dtype=torch.float64) or check the parameters and "
+        "the model's operations"
+    )
+
+
+_AFFINE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _affine_batch_norm(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm with running statistics as the affine map ``x * scale + shift``.
+
+    ``scale = w / sqrt(var + eps)`` and ``shift = b - mean * scale`` act on channel dimension 1:
+    the same function as ``(x - mean) / sqrt(var + eps) * w + b``.
+    """
+    if self.training:  # switched to batch statistics inside the context (e.g. BN recomputation)
+        return type(self).forward(self, x)
+    scale = torch.rsqrt(self.running_var + self.eps)
+    if self.weight is not None:
+        scale = scale * self.weight
+    shift = -self.running_mean * scale
+    if self.bias is not None:
+        shift = shift + self.bias
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+def _tied_aliases(model: nn.Module) -> list[tuple[str, str]]:
+    """``(alias, name)`` pairs for parameters/buffers registered under several names."""
+    pairs: list[tuple[str, str]] = []
+    for named in (
+        model.named_parameters(remove_duplicate=False),
+        model.named_buffers(remove_duplicate=False),
+    ):
+        first: dict[int, str] = {}
+        for name, t in named:
+            if id(t) in first:
+                pairs.append((name, first[id(t)]))
+            else:
+                first[id(t)] = name
+    return pairs
+
+
+def _loss_message(index: int, value: float) -> str:
+    return (
+        f"the loss on batch {index} is not finite ({value}); check that batch's inputs and targets "
+        "and the model's parameters (NaN/inf), or evaluate in float64 (dtype=torch.float64)"
+    )
+
+
+def _as_output(result: Any, index: int) -> torch.Tensor:
+    if isinstance(result, torch.Tensor):
+        return result
+    logits = getattr(result, "logits", None)
+    if logits is None and isinstance(result, dict):
+        logits = result.get("logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(
+        f"the model returned a {type(result).__name__} on batch {index}; the curvature operators "
+        "need a tensor output (or an object with a .logits tensor): wrap the model so that it "
+        "returns the tensor the loss takes"
+    )
+
+
+def _shuffles(data: Any) -> bool:
+    return isinstance(data, torch.utils.data.DataLoader) and isinstance(
+        data.sampler, torch.utils.data.RandomSampler
+    )
