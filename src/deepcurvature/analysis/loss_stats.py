@@ -1,0 +1,758 @@
+"""Loss statistics over mini-batches: gradient noise, curvature noise and the shrinkage coefficient.
+
+The "advanced statistics" of the paper's section 5 (squared means and variances of gradients and of
+Hessian / GGN products, weight norms, train and test loss and accuracy), measured over seeded random
+mini-batches of a data set, for the whole model and per layer.
+
+Notation (everything is over the selected parameters, ``P`` of them). The data set has ``N``
+samples; ``L``, ``g = grad L`` and ``H`` (the Hessian or the GGN) are those of the mean loss over
+all ``N`` samples, exactly as :func:`deepcurvature.hessian` defines them. The ``M`` mini-batches
+``b`` have ``B`` samples each and their own mean loss ``L_b``, gradient ``g_b`` and curvature
+``H_b``. ``E_b`` is the mean over the ``M`` mini-batches. ``v_1..v_k`` are probe vectors
+(Rademacher or Gaussian, seeded) normalised to ``||v|| = 1``.
+
+======================  ==========================================================================
+key                     definition
+======================  ==========================================================================
+``loss``                ``L`` (the training loss over the whole data set)
+``accuracy``            fraction of correct arg-max predictions over the data set (classification)
+``loss_batch_mean``     ``E_b L_b``
+``loss_batch_var``      ``sum_b (L_b - E_b L_b)^2 / (M - 1)`` (unbiased; NaN when ``M = 1``)
+``grad_norm_sq``        ``||g||^2``
+``grad_batch_norm_sq``  ``E_b ||g_b||^2``
+``grad_var``            ``E_b ||g_b - g||^2 = tr Cov(g_b)``, the mini-batch gradient noise (``g``
+                        is the exact full-data mean, so this needs no ``M - 1`` correction)
+``grad_var_per_sample`` ``tr Sigma``, ``Sigma`` the covariance of the per-sample gradients over the
+                        data set: ``B (N - 1) / (N - B) * grad_var`` for batches drawn here (without
+                        replacement; NaN when ``B = N``), ``B * grad_var`` for given batches of one
+                        size ``B`` (treated as drawn with replacement), NaN for unequal ones
+``curv_rayleigh``       ``v^T H v`` (mean over probes; ``_se`` its standard error)
+``curv_norm_sq``        ``||H v||^2``
+``curv_batch_norm_sq``  ``E_b ||H_b v||^2``
+``curv_var``            ``E_b ||H_b v - H v||^2``, the curvature noise along ``v``
+``curv_shrinkage``      ``rho_v = E_b ||H_b v - H v||^2 / E_b ||H_b v||^2`` (see below)
+``curv_trace``          ``P * v^T H v``: Hutchinson's estimate of ``tr H`` (unbiased)
+``curv_frobenius_sq``   ``P * ||H v||^2``: estimate of ``||H||_F^2 = tr H^2`` (unbiased)
+``weight_l2``           ``||theta||_2``;  ``weight_linf``: ``max |theta_i|``
+``test_loss``           mean loss over ``test_data``; ``test_accuracy`` likewise
+======================  ==========================================================================
+
+Probe-dependent quantities are computed per probe, then averaged; ``KEY_se`` is the standard error
+of that mean, ``std(per-probe values, ddof=1) / sqrt(k)`` (NaN for one probe).
+
+**Shrinkage coefficient.** Granziol & Baskerville, *A Random Matrix Theory Approach to Damping in
+Deep Learning* (2020/2022), read the damping of second-order and adaptive optimisers as linear
+shrinkage (Ledoit & Wolf, 2004) of the noisy batch curvature ``H_b`` towards the true ``H``. Along a
+direction ``v`` the best multiple of the batch product, ``alpha* = argmin_alpha E_b ||alpha H_b v -
+H v||^2 = <E_b H_b v, H v> / E_b ||H_b v||^2``, equals ``1 - rho_v`` whenever ``E_b H_b v = H v``
+(mini-batches drawn uniformly), with ``rho_v = E_b ||H_b v - H v||^2 / E_b ||H_b v||^2 in [0, 1]``
+the ratio of the curvature noise to the mean squared batch product: ``rho -> 0`` when the batch
+curvature is exact, ``rho -> 1`` when it is all noise. ``curv_shrinkage`` is the mean of
+``rho_{v_j}`` over the probes.
+
+**Per layer.** Parameters are grouped by the module that owns them (``"features.0"`` holds
+``features.0.weight`` and ``features.0.bias``). A layer's value is computed from the layer's block
+(its slice) of the whole-model vectors ``g``, ``g_b``, ``H v``, ``H_b v``, ``v``: so the squared
+norms, variances, Rayleigh quotients, traces and Frobenius estimates of the layers sum to the
+whole-model values (``P * v_l^T (H v)_l`` estimates ``tr H_ll``, the trace of the layer's
+diagonal block).
+
+**Cost.** The mini-batches are drawn as a seeded random partition of the data set; the samples not
+in a selected mini-batch are processed in chunks of ``batch_size`` too, so the full-data values
+``L``, ``g``, ``H V`` are assembled from the same per-batch results: one pass over the data set
+(with one gradient and ``k`` curvature products per batch, the ``k`` probes sharing its forward
+pass), plus one forward pass over ``test_data``. More mini-batches than fit in one pass
+(``num_batches > N // B``) come from further seeded permutations and add their samples to the count
+(``data_passes``). Variances use the expansion ``E||X_b - X||^2 = E||X_b||^2 - 2<E X_b, X> +
+||X||^2`` accumulated in float64 (evaluate in float64 when the noise is many orders of magnitude
+below the signal).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import grad, jvp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data.dataloader import default_collate
+
+from ..io.results import load_npz_json, save_npz_json
+from ..linalg.probes import PROBE_KINDS, draw_probes, resolve_seed
+from ..operators.base import CurvatureOperator
+from ..operators.batches import Batch, prepare_batch
+from ..progress import ProgressBar
+
+__all__ = [
+    "STAT_MATRICES",
+    "LossStats",
+    "group_parameters",
+    "layer_of",
+    "loss_stats",
+]
+
+STAT_MATRICES = ("hessian", "ggn")
+ROOT_LAYER = "(root)"
+
+# quantities that depend on the probe vectors (reported as mean over probes and standard error)
+PROBE_KEYS = (
+    "curv_rayleigh",
+    "curv_norm_sq",
+    "curv_batch_norm_sq",
+    "curv_var",
+    "curv_shrinkage",
+    "curv_trace",
+    "curv_frobenius_sq",
+)
+GRAD_KEYS = ("grad_norm_sq", "grad_batch_norm_sq", "grad_var")
+
+Tensors = dict[str, torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------------
+# parameter groups
+
+
+def layer_of(param_name: str) -> str:
+    """The name of the module owning a parameter.
+
+    ``"features.0.weight"`` -> ``"features.0"``; ``"(root)"`` for a parameter of the top-level
+    module.
+    """
+    head, sep, _ = param_name.rpartition(".")
+    return head if sep else ROOT_LAYER
+
+
+def group_parameters(names: Sequence[str]) -> dict[str, list[str]]:
+    """Group parameter names by owning module, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(layer_of(n), []).append(n)
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------
+# the result
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    return x
+
+
+def _none_to_nan(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (math.nan if v is None else v) for k, v in d.items()}
+
+
+@dataclass
+class LossStats:
+    """Loss, gradient and curvature statistics of a model over a data set (see the module doc).
+
+    Attributes:
+        values: whole-model statistics, ``{key: float}`` (NaN when undefined, e.g. the accuracy of
+            a regression model or a standard error with one probe).
+        layers: per-layer statistics, ``{layer: {key: float}}`` (empty when ``per_layer=False``).
+        per_probe: whole-model probe-dependent values before averaging, ``{key: (k,) array}``.
+        batches: per-mini-batch records: ``loss`` ``(M,)``, ``grad_norm_sq`` ``(M,)``,
+            ``curv_norm_sq`` ``(M, k)``, ``size`` ``(M,)``.
+        config: how they were computed (matrix, probes, seed, batch size, sizes, data passes...).
+    """
+
+    values: dict[str, float]
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_probe: dict[str, np.ndarray] = field(default_factory=dict)
+    batches: dict[str, np.ndarray] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]
+
+    def as_row(self, *, layers: bool = False) -> dict[str, Any]:
+        """A flat ``{column: value}`` dict for tables.
+
+        The whole-model values, the matrix, probes and sizes, and with ``layers=True`` also
+        ``"LAYER/KEY"`` columns.
+        """
+        row: dict[str, Any] = {
+            "matrix": self.config.get("matrix"),
+            "probes": self.config.get("probes"),
+            "batch_size": self.config.get("batch_size"),
+            "num_batches": self.config.get("num_batches"),
+            "num_samples": self.config.get("num_samples"),
+            "num_params": self.config.get("num_params"),
+        }
+        row.update(self.values)
+        if layers:
+            for name, vals in self.layers.items():
+                row.update({f"{name}/{k}": v for k, v in vals.items()})
+        return row
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.npz`` and ``path.json`` atomically.
+
+        The npz file holds the per-probe and per-batch arrays, the JSON file the values, layers
+        and config (NaN written as ``null``).
+
+        Returns:
+            The ``.npz`` path.
+        """
+        arrays = {f"probe_{k}": np.asarray(v) for k, v in self.per_probe.items()}
+        arrays.update({f"batch_{k}": np.asarray(v) for k, v in self.batches.items()})
+        meta = {
+            "kind": "LossStats",
+            "values": _nan_to_none(self.values),
+            "layers": {k: _nan_to_none(v) for k, v in self.layers.items()},
+            "config": self.config,
+        }
+        npz, _ = save_npz_json(path, arrays, meta)
+        return npz
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LossStats:
+        """Read statistics written by :meth:`save` (path with or without ``.npz``)."""
+        arrays, meta = load_npz_json(path)
+        if meta.get("kind") != "LossStats":
+            raise ValueError(f"{path} is not a loss statistics file (kind={meta.get('kind')!r})")
+        return cls(
+            values=_none_to_nan(meta["values"]),
+            layers={k: _none_to_nan(v) for k, v in meta.get("layers", {}).items()},
+            per_probe={k[6:]: v for k, v in arrays.items() if k.startswith("probe_")},
+            batches={k[6:]: v for k, v in arrays.items() if k.startswith("batch_")},
+            config=meta.get("config", {}),
+        )
+
+    def __repr__(self) -> str:
+        v = self.values
+        return (
+            f"LossStats(matrix={self.config.get('matrix')!r}, loss={v.get('loss'):.4g}, "
+            f"grad_var={v.get('grad_var'):.4g}, curv_shrinkage={v.get('curv_shrinkage'):.3g}, "
+            f"layers={len(self.layers)})"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# the mini-batch plan
+
+
+@dataclass
+class _Plan:
+    """What to evaluate: an iterable of raw batches and, per batch, two flags."""
+
+    batches: Iterable[Any]
+    minibatch: list[bool]  # counts in the mini-batch statistics
+    full: list[bool]  # counts in the full-data values
+    drawn: bool  # mini-batches drawn here (uniform, without replacement)
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _plan(data: Any, batch_size: int, num_batches: int | None, generator: torch.Generator) -> _Plan:
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise ValueError("data is an empty list: pass at least one (inputs, targets) batch")
+        n = len(data)
+        if num_batches is not None and num_batches > n:
+            raise ValueError(
+                f"num_batches={num_batches} but data is a list of {n} batches; use at most {n} "
+                "or pass a Dataset to draw mini-batches from it"
+            )
+        chosen = set(range(n))
+        if num_batches is not None:
+            chosen = set(torch.randperm(n, generator=generator)[:num_batches].tolist())
+        return _Plan(list(data), [i in chosen for i in range(n)], [True] * n, False)
+
+    collate: Callable[[list[Any]], Any] = default_collate
+    dataset = data
+    if isinstance(data, DataLoader):
+        dataset, collate = data.dataset, data.collate_fn
+    if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
+        kind = type(dataset).__name__
+        raise TypeError(
+            f"data must be a map-style Dataset, a DataLoader over one (it is re-batched) or a "
+            f"list of (inputs, targets) batches; got {kind}. For an IterableDataset or a "
+            "generator, collect the batches into a list first"
+        )
+    try:
+        N = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"the data set {type(dataset).__name__} has no len()") from None
+    if N == 0:
+        raise ValueError("the data set is empty")
+    if batch_size > N:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the data set ({N} samples); use a batch size "
+            f"of at most {N}"
+        )
+    per_epoch = N // batch_size
+    wanted = per_epoch if num_batches is None else num_batches
+    chunks: list[list[int]] = []
+    minibatch: list[bool] = []
+    full: list[bool] = []
+    perm = torch.randperm(N, generator=generator).tolist()
+    for i in range(per_epoch):
+        chunks.append(perm[i * batch_size : (i + 1) * batch_size])
+        minibatch.append(i < wanted)
+        full.append(True)
+    rest = perm[per_epoch * batch_size :]
+    if rest:
+        chunks.append(rest)
+        minibatch.append(False)
+        full.append(True)
+    extra = wanted - per_epoch
+    while extra > 0:
+        perm = torch.randperm(N, generator=generator).tolist()
+        for i in range(min(extra, per_epoch)):
+            chunks.append(perm[i * batch_size : (i + 1) * batch_size])
+            minibatch.append(True)
+            full.append(False)
+        extra -= per_epoch
+    loader = DataLoader(dataset, batch_sampler=chunks, collate_fn=collate)  # type: ignore[arg-type]
+    return _Plan(loader, minibatch, full, True)
+
+
+def _eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
+    """Batches of test data: a list or DataLoader as it is, a Dataset in order."""
+    if isinstance(data, (list, tuple, DataLoader)):
+        return data
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    raise TypeError(
+        f"test_data must be a Dataset, a DataLoader or a list of batches, got {type(data).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# one batch: loss, gradient and curvature products
+
+
+def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+    return (
+        out.ndim >= 2
+        and not y.is_floating_point()
+        and tuple(y.shape) == tuple(out.shape[:1]) + tuple(out.shape[2:])
+    )
+
+
+class _BatchEvaluator:
+    """Loss, gradient ``(P,)`` and curvature block ``H_b V`` ``(P, k)`` of one batch's mean loss."""
+
+    def __init__(self, op: CurvatureOperator, matrix: str, V: torch.Tensor) -> None:
+        self.op, self.matrix = op, matrix
+        self.state, self.fixed = op._state()
+        self.tangents = op.layout.columns_to_dict(V)
+        self.k = V.shape[1]
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        if self.matrix == "hessian":
+            g, hv, value, out = self._hessian(batch)
+        else:
+            g, hv, value, out = self._ggn(batch)
+        layout = self.op.layout
+        return value, layout.flatten(g), layout.dict_to_columns(hv), out
+
+    def _hessian(self, batch: Batch):
+        op, fixed = self.op, self.fixed
+
+        def loss(p: Tensors):
+            out = op._forward(p, fixed, batch)
+            value = op.objective(out, batch.targets)
+            return value, (value.detach(), out.detach())
+
+        gradient = grad(loss, has_aux=True)
+
+        def products(v: Tensors):
+            g, hv, aux = jvp(gradient, (self.state,), (v,), has_aux=True)
+            return g, hv, aux
+
+        if self.k == 1:  # plain jvp: cheaper than a vmap over one tangent
+            g, hv, (value, out) = products({n: t[0] for n, t in self.tangents.items()})
+            return g, {n: t.unsqueeze(0) for n, t in hv.items()}, value, out
+        g, hv, (value, out) = vmap(products, out_dims=(None, 0, None))(self.tangents)
+        return g, hv, value, out
+
+    def _ggn(self, batch: Batch):
+        op, fixed = self.op, self.fixed
+        leaves = {n: t.detach().requires_grad_() for n, t in self.state.items()}
+
+        def forward(p: Tensors) -> torch.Tensor:
+            return op._forward(p, fixed, batch)
+
+        with torch.enable_grad():
+            out, jv = vmap(lambda v: jvp(forward, (leaves,), (v,)), out_dims=(None, 0))(
+                self.tangents
+            )
+        y, f = batch.targets, out.detach()
+        with torch.no_grad():
+            value = op.objective(f, y)
+        W = op.objective.hessian_product(f, y, jv.detach())  # (k, n, ...)
+        G = op.objective.output_gradient(f, y)  # (n, ...)
+        cot = torch.cat([G.unsqueeze(0), W.to(G.dtype)])  # gradient and k GGN columns at once
+        if out.requires_grad:
+            grads = torch.autograd.grad(
+                out, list(leaves.values()), cot, is_grads_batched=True, allow_unused=True
+            )
+        else:  # the output does not depend on the selected parameters
+            grads = (None,) * len(leaves)
+        full = {
+            n: g
+            if g is not None
+            else torch.zeros((self.k + 1, *t.shape), dtype=t.dtype, device=t.device)
+            for (n, t), g in zip(leaves.items(), grads, strict=True)
+        }
+        g = {n: t[0] for n, t in full.items()}
+        hv = {n: t[1:] for n, t in full.items()}
+        return g, hv, value, f
+
+
+# ------------------------------------------------------------------------------------------------
+# the statistics
+
+
+def _given_directions(probes: torch.Tensor, P: int) -> torch.Tensor:
+    """User directions ``(P,)`` or ``(P, k)`` as ``(k, P)`` float64 rows (not yet normalised)."""
+    Z = probes.detach().to(device="cpu", dtype=torch.float64)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.ndim != 2 or Z.shape[0] != P or Z.shape[1] == 0:
+        raise ValueError(
+            f"probes given as a tensor must have shape (P,) or (P, k) with P={P} (the number of "
+            f"selected parameters), got {tuple(probes.shape)}"
+        )
+    norms = Z.norm(dim=0)
+    if not bool(torch.isfinite(Z).all()) or bool((norms == 0).any()):
+        raise ValueError("probe directions must be finite and non-zero")
+    return Z.T.contiguous()
+
+
+def _probe_summary(per_probe: np.ndarray) -> tuple[float, float]:
+    k = per_probe.shape[-1]
+    mean = float(np.mean(per_probe))
+    se = float(np.std(per_probe, ddof=1) / math.sqrt(k)) if k > 1 else math.nan
+    return mean, se
+
+
+def _layer_sum(seg: torch.Tensor, L: int, x: torch.Tensor) -> torch.Tensor:
+    """Per-layer sums of a ``(P,)`` or ``(P, k)`` tensor: ``(L,)`` or ``(L, k)``."""
+    out = torch.zeros((L, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    return out.index_add_(0, seg, x)
+
+
+def _check_finite(batch: Batch, value: torch.Tensor, g: torch.Tensor, hv: torch.Tensor) -> None:
+    sums = [value.detach().double().reshape(()), g.sum().double(), hv.sum().double()]
+    ok = torch.isfinite(torch.stack(sums)).all()
+    if not bool(ok):
+        raise FloatingPointError(
+            f"the loss, gradient or curvature product of batch {batch.index} is not finite "
+            f"(loss {float(value):.4g}); check the model's weights, the inputs and the learning "
+            "rate that produced them, or evaluate in float64"
+        )
+
+
+def loss_stats(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    data: Any,
+    *,
+    batch_size: int = 128,
+    num_batches: int | None = None,
+    matrix: str = "hessian",
+    probes: int | torch.Tensor = 4,
+    probe: str = "rademacher",
+    seed: int | None = None,
+    params: Any = None,
+    per_layer: bool = True,
+    bn_mode: str = "eval",
+    test_data: Any = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    verbose: bool = True,
+) -> LossStats:
+    """Loss, gradient-noise and curvature-noise statistics over seeded mini-batches (section 5).
+
+    The definitions of every reported quantity (mean and unbiased variance of the mini-batch loss,
+    ``||g||^2``, ``E_b ||g_b||^2``, ``tr Cov(g_b) = E_b ||g_b - g||^2`` and its per-sample version,
+    ``v^T H v``, ``||H v||^2``, ``E_b ||H_b v||^2``, ``E_b ||H_b v - H v||^2``, the shrinkage
+    coefficient ``rho = E_b ||H_b v - H v||^2 / E_b ||H_b v||^2`` of Granziol & Baskerville's
+    random-matrix damping paper, trace and Frobenius estimates, weight norms, accuracies) are in
+    the module documentation of :mod:`deepcurvature.analysis.loss_stats`.
+
+    Args:
+        model: the network (not modified: flags, buffers and parameters are left as they were).
+        loss_fn: ``loss_fn(output, targets)`` with mean reduction.
+        data: a map-style ``Dataset`` (mini-batches of ``batch_size`` drawn from it without
+            replacement, seeded), a ``DataLoader`` (its dataset and ``collate_fn`` are used; its
+            own sampler and batch size are not), or a list of ``(inputs, targets)`` batches (used
+            as they are, each one a mini-batch).
+        batch_size: ``B``, the mini-batch size (Datasets and DataLoaders).
+        num_batches: ``M``; default: all ``N // B`` full batches of one random partition. More than
+            ``N // B`` draws further permutations (costing extra passes).
+        matrix: ``"hessian"`` or ``"ggn"``.
+        probes: ``k``, the number of random probe vectors (their products share each forward
+            pass), or a tensor ``(P,)`` / ``(P, k)`` of directions of your own (e.g. Hessian
+            eigenvectors), each normalised to unit length. Note that the trace and Frobenius
+            estimates are only meaningful for random probes.
+        probe: ``"rademacher"`` or ``"gaussian"`` (normalised to unit length).
+        seed: seeds the mini-batches and the probes; fresh when ``None`` (recorded).
+        params: parameter selection (names, glob patterns or modules; see
+            :func:`deepcurvature.select_parameters`); statistics are over these parameters.
+        per_layer: also compute every statistic per layer.
+        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics of each
+            mini-batch; the full-data values are then those of the batching used here).
+        test_data: optional evaluation data (Dataset, DataLoader or list of batches): test loss
+            and accuracy from one forward pass.
+        dtype: evaluation dtype (e.g. ``torch.float64``); default the model's.
+        device: evaluation device; default the model's.
+        verbose: progress bar over the batches.
+
+    Returns:
+        A :class:`LossStats`.
+
+    Raises:
+        ValueError: an unknown ``matrix`` or ``probe``, non-positive sizes, a batch size larger
+            than the data set, too few batches in a list.
+        TypeError: data of an unsupported kind.
+        FloatingPointError: a non-finite loss, gradient or product (naming the batch).
+    """
+    from .spectrum import curvature_operator
+
+    key = str(matrix).lower()
+    if key not in STAT_MATRICES:
+        raise ValueError(
+            f"matrix must be one of {STAT_MATRICES} for loss statistics, got {matrix!r}"
+        )
+    if probe not in PROBE_KINDS:
+        raise ValueError(f"probe must be one of {PROBE_KINDS}, got {probe!r}")
+    if not isinstance(probes, torch.Tensor):
+        _positive_int("probes", probes)
+    B = _positive_int("batch_size", batch_size)
+    num_batches = _positive_int("num_batches", num_batches, allow_none=True)
+    used_seed = resolve_seed(seed)
+    generator = torch.Generator().manual_seed(used_seed)
+    plan = _plan(data, B, num_batches, generator)
+
+    op: CurvatureOperator = curvature_operator(  # type: ignore[assignment]
+        model, loss_fn, [], matrix=key, params=params, bn_mode=bn_mode, dtype=dtype, device=device
+    )
+    P, dev = op.num_params, op.device
+    if isinstance(probes, torch.Tensor):
+        Z = _given_directions(probes, P)
+        probe = "given"
+    else:
+        Z = draw_probes(P, int(probes), kind=probe, seed=used_seed + 1)
+    k = Z.shape[0]
+    V64 = (Z / Z.norm(dim=1, keepdim=True)).T.contiguous().to(dev)  # (P, k), unit columns
+    V = V64.to(op.dtype)
+    evaluator = _BatchEvaluator(op, key, V)
+
+    groups = group_parameters(op.param_names) if per_layer else {"model": op.param_names}
+    layer_names = list(groups)
+    L = len(layer_names)
+    layer_index = {n: i for i, (_, ns) in enumerate(groups.items()) for n in ns}
+    seg = torch.cat(
+        [
+            torch.full((m,), layer_index[n], dtype=torch.long)
+            for n, m in zip(op.layout.names, op.layout.numels, strict=True)
+        ]
+    ).to(dev)
+
+    f64 = {"dtype": torch.float64, "device": dev}
+    g_sum, hv_sum = torch.zeros(P, **f64), torch.zeros(P, k, **f64)
+    gb_sum, hvb_sum = torch.zeros(P, **f64), torch.zeros(P, k, **f64)
+    gb_sq, hvb_sq = torch.zeros(L, **f64), torch.zeros(L, k, **f64)
+    n_full, loss_sum = 0, 0.0
+    correct, n_class, classify = 0, 0, None
+    rec_loss: list[float] = []
+    rec_gsq: list[float] = []
+    rec_hsq: list[np.ndarray] = []
+    rec_size: list[int] = []
+    n_evaluated = 0
+
+    total = len(plan.minibatch)
+    with op._evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
+        for i, raw in enumerate(plan.batches):
+            batch = prepare_batch(raw, i, dev, op.dtype)
+            value, g, hv, out = evaluator(batch)
+            _check_finite(batch, value, g, hv)
+            g, hv, lv = g.double(), hv.double(), float(value)
+            n_evaluated += batch.n
+            if plan.full[i]:
+                n_full += batch.n
+                loss_sum += batch.n * lv
+                g_sum.add_(g, alpha=batch.n)
+                hv_sum.add_(hv, alpha=batch.n)
+                if classify is None:
+                    classify = _is_classification(out, batch.targets)
+                if classify:
+                    correct += int((out.argmax(dim=1) == batch.targets).sum())
+                    n_class += int(batch.targets.numel())
+            if plan.minibatch[i]:
+                gb_sum.add_(g)
+                hvb_sum.add_(hv)
+                g2 = _layer_sum(seg, L, g * g)
+                h2 = _layer_sum(seg, L, hv * hv)
+                gb_sq.add_(g2)
+                hvb_sq.add_(h2)
+                rec_loss.append(lv)
+                rec_gsq.append(float(g2.sum()))
+                rec_hsq.append(h2.sum(0).cpu().numpy())
+                rec_size.append(batch.n)
+            bar.advance()
+            bar.set_info(f"loss {lv:.4g}")
+
+    N = n_full
+    M = len(rec_loss)
+    if M == 0:  # pragma: no cover - the plan always selects at least one batch
+        raise ValueError("no mini-batch was evaluated")
+
+    # -- full-data vectors and per-layer sums ---------------------------------------------------
+    g = g_sum / N
+    HV = hv_sum / N
+    grad_norm_sq = _layer_sum(seg, L, g * g)
+    grad_batch = gb_sq / M
+    grad_var = (grad_batch - 2 * _layer_sum(seg, L, (gb_sum / M) * g) + grad_norm_sq).clamp_min(0)
+    curv_norm = _layer_sum(seg, L, HV * HV)
+    curv_batch = hvb_sq / M
+    curv_var = (curv_batch - 2 * _layer_sum(seg, L, (hvb_sum / M) * HV) + curv_norm).clamp_min(0)
+    rayleigh = _layer_sum(seg, L, V64 * HV)
+
+    def shrink(var: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        return torch.where(mean_sq > 0, var / mean_sq.clamp_min(1e-300), torch.nan)
+
+    # whole model: sums over the layers
+    probe_values = {
+        "curv_rayleigh": rayleigh.sum(0),
+        "curv_norm_sq": curv_norm.sum(0),
+        "curv_batch_norm_sq": curv_batch.sum(0),
+        "curv_var": curv_var.sum(0),
+        "curv_shrinkage": shrink(curv_var.sum(0), curv_batch.sum(0)),
+        "curv_trace": P * rayleigh.sum(0),
+        "curv_frobenius_sq": P * curv_norm.sum(0),
+    }
+    per_probe = {name: t.cpu().numpy() for name, t in probe_values.items()}
+
+    # per-sample gradient covariance trace
+    sizes = np.asarray(rec_size)
+    if plan.drawn:
+        per_sample_factor = B * (N - 1) / (N - B) if N > B else math.nan
+    else:
+        per_sample_factor = float(sizes[0]) if np.all(sizes == sizes[0]) else math.nan
+
+    state, _ = op._state()
+    sq_w = {n: float((t.double() ** 2).sum()) for n, t in state.items()}
+    inf_w = {n: float(t.abs().max()) if t.numel() else 0.0 for n, t in state.items()}
+
+    losses = np.asarray(rec_loss)
+    values: dict[str, float] = {
+        "loss": loss_sum / N,
+        "accuracy": correct / n_class if classify and n_class else math.nan,
+        "loss_batch_mean": float(losses.mean()),
+        "loss_batch_var": float(losses.var(ddof=1)) if M > 1 else math.nan,
+        "grad_norm_sq": float(grad_norm_sq.sum()),
+        "grad_batch_norm_sq": float(grad_batch.sum()),
+        "grad_var": float(grad_var.sum()),
+    }
+    values["grad_var_per_sample"] = values["grad_var"] * per_sample_factor
+    for name in PROBE_KEYS:
+        values[name], values[f"{name}_se"] = _probe_summary(per_probe[name])
+    values["weight_l2"] = math.sqrt(sum(sq_w.values()))
+    values["weight_linf"] = max(inf_w.values())
+
+    layers: dict[str, dict[str, float]] = {}
+    if per_layer:
+        numels = dict(zip(op.layout.names, op.layout.numels, strict=True))
+        for j, name in enumerate(layer_names):
+            members = groups[name]
+            lay: dict[str, float] = {
+                "num_params": float(sum(numels[n] for n in members)),
+                "weight_l2": math.sqrt(sum(sq_w[n] for n in members)),
+                "weight_linf": max(inf_w[n] for n in members),
+                "grad_norm_sq": float(grad_norm_sq[j]),
+                "grad_batch_norm_sq": float(grad_batch[j]),
+                "grad_var": float(grad_var[j]),
+            }
+            lay["grad_var_per_sample"] = lay["grad_var"] * per_sample_factor
+            layer_probe = {
+                "curv_rayleigh": rayleigh[j],
+                "curv_norm_sq": curv_norm[j],
+                "curv_batch_norm_sq": curv_batch[j],
+                "curv_var": curv_var[j],
+                "curv_shrinkage": shrink(curv_var[j], curv_batch[j]),
+                "curv_trace": P * rayleigh[j],
+                "curv_frobenius_sq": P * curv_norm[j],
+            }
+            for key_, t in layer_probe.items():
+                lay[key_], lay[f"{key_}_se"] = _probe_summary(t.cpu().numpy())
+            layers[name] = lay
+
+    # -- test data: one forward pass ----------------------------------------------------------
+    test_passes = 0
+    values["test_loss"] = values["test_accuracy"] = math.nan
+    if test_data is not None:
+        t_loss, t_n, t_correct, t_class, t_classify = 0.0, 0, 0, 0, None
+        state, fixed = op._state()
+        with torch.no_grad(), op._evaluation_mode():
+            for i, raw in enumerate(_eval_batches(test_data, B)):
+                batch = prepare_batch(raw, i, dev, op.dtype)
+                out = op._forward(state, fixed, batch)
+                value = op.objective(out, batch.targets)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"the test loss of batch {i} is not finite")
+                t_loss += batch.n * float(value)
+                t_n += batch.n
+                if t_classify is None:
+                    t_classify = _is_classification(out, batch.targets)
+                if t_classify:
+                    t_correct += int((out.argmax(dim=1) == batch.targets).sum())
+                    t_class += int(batch.targets.numel())
+        if t_n == 0:
+            raise ValueError("test_data yielded no batches")
+        test_passes = 1
+        values["test_loss"] = t_loss / t_n
+        values["test_accuracy"] = t_correct / t_class if t_classify and t_class else math.nan
+
+    has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
+    config = {
+        "matrix": key,
+        "probes": k,
+        "probe": probe,
+        "seed": used_seed,
+        "batch_size": B if plan.drawn else None,
+        "batch_sizes": "given" if not plan.drawn else "drawn",
+        "num_batches": M,
+        "num_samples": N,
+        "num_params": P,
+        "num_layers": L if per_layer else 0,
+        "param_names": op.param_names,
+        "bn_mode": bn_mode,
+        "has_batchnorm": has_bn,
+        "dtype": str(op.dtype).replace("torch.", ""),
+        "device": str(dev),
+        "loss": op.objective.name,
+        "data_passes": n_evaluated / N,
+        "test_passes": test_passes,
+        "per_sample_factor": per_sample_factor,
+    }
+    batches = {
+        "loss": losses,
+        "grad_norm_sq": np.asarray(rec_gsq),
+        "curv_norm_sq": np.stack(rec_hsq),
+        "size": sizes,
+    }
+    return LossStats(values, layers, per_probe, batches, config)

@@ -1,0 +1,200 @@
+"""``build_loss_landscape``: the paper's landscape workflow (Appendix C.2 and D), files on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.landscape import LandscapeResult, loss_landscape
+from ..analysis.spectrum import SpectrumResult
+from .eigenspectrum import resolve_device
+
+__all__ = ["build_loss_landscape"]
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    from ..models import normalize_model_name
+
+    try:
+        return normalize_model_name(str(a)) == normalize_model_name(str(b))
+    except TypeError:
+        return False
+
+
+def build_loss_landscape(
+    dataset: Any,
+    data_path: str | os.PathLike | None = None,
+    model: str | nn.Module | None = None,
+    dist: float = 1.0,
+    n_points: int = 21,
+    spectrum_path: str | os.PathLike | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    save_path: str | os.PathLike | None = None,
+    *,
+    directions: Any = None,
+    plane: Any = None,
+    batch_size: int = 128,
+    bn_recompute: bool = False,
+    use_test: bool = True,
+    device: str | torch.device | None = None,
+    num_subsamples: int | None = None,
+    subsample_seed: int | None = None,
+    seed: int | None = None,
+    params: Any = "spectrum",
+    quadratic: bool = True,
+    theta: str = "rayleigh",
+    bias_bn: str = "zero",
+    dtype: torch.dtype | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    loss_fn: Any = None,
+    download: bool = False,
+    verbose: bool = True,
+) -> LandscapeResult:
+    """Loss and accuracy along the eigenvectors of a saved spectrum (paper section 9, App. C.2).
+
+    Loads the network from ``checkpoint_path``, the eigenvectors from ``spectrum_path`` (written
+    by :func:`compute_eigenspectrum` with ``save_eigvec=True``), evaluates the train and test
+    loss and accuracy at ``w* + t u`` for ``n_points`` values ``t`` in ``[-dist, dist]`` and saves
+    a :class:`LandscapeResult` to ``save_path`` (``.npz`` + ``.json``), which
+    ``plot_loss_landscape(save_path)`` draws.
+
+    Args:
+        dataset: a data-set name (``"digits"``, ``"CIFAR100"``...), a Dataset or a DataLoader.
+        data_path: folder of the data files.
+        model: a model name or an ``nn.Module``; ``None``: the checkpoint's model (or the
+            spectrum's).
+        dist: largest ``|t|``; eigenvectors have unit norm, so ``t`` is the distance in
+            parameter space.
+        n_points: points per direction (odd numbers include ``t = 0``).
+        spectrum_path: a saved spectrum with eigenvectors (``None``: only random directions).
+        checkpoint_path: the weights ``w*`` (loaded with ``weights_only=True``); ``None``: the
+            spectrum's checkpoint, else the model's current weights.
+        save_path: where to write ``.npz`` + ``.json`` (``None``: not saved).
+        directions: direction specs (:func:`deepcurvature.resolve_directions`); default
+            ``"extremes:3"`` (three largest and three smallest Ritz values) with a spectrum,
+            ``"random:2"`` without.
+        plane: a 2-D landscape instead: two direction specs (``"random:2"``, ``"largest:2"``...).
+        batch_size: batch size of the evaluation passes.
+        bn_recompute: recompute batch-norm statistics at every point (one extra pass per point).
+        use_test: evaluate on the test set (``False``: on the validation split).
+        device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
+        num_subsamples: use a seeded random subset of this many training samples; default: the
+            spectrum's subsample, if it used one.
+        subsample_seed: seed of that subset (default: the spectrum's, else 0).
+        seed: seed of random directions.
+        params: parameters that move: ``"spectrum"`` (those of the spectrum, default), ``None``
+            (all) or names/patterns.
+        quadratic: store the quadratic model ``L + t g.u + theta t^2 / 2``.
+        theta: ``"rayleigh"`` (``u^T H u`` computed) or ``"ritz"`` (the stored Ritz values).
+        bias_bn: filter normalisation of biases/BN parameters (random directions).
+        dtype: evaluation dtype (e.g. ``torch.float64``).
+        model_kwargs: arguments of the model factory (default: the checkpoint's, when its model
+            is the one named).
+        loss_fn: the loss (default cross-entropy).
+        download: allow downloading a missing data set.
+        verbose: progress bars.
+
+    Returns:
+        The :class:`LandscapeResult` (also written to ``save_path``).
+    """
+    from ..data import load_data
+    from ..models import get_model
+    from ..training.checkpoint import load_checkpoint, read_checkpoint
+
+    spectrum = None
+    spec_cfg: dict[str, Any] = {}
+    if spectrum_path is not None:
+        spectrum = SpectrumResult.load(spectrum_path)
+        spec_cfg = spectrum.config or {}
+        if spectrum.ritz_vectors is None and plane is None and directions is None:
+            raise ValueError(
+                f"the spectrum {spectrum_path} holds no eigenvectors: recompute it with "
+                "save_eigvec=True ('deepcurvature spectrum --save-eigvec'), or pass random "
+                "directions (directions='random:2')"
+            )
+    if checkpoint_path is None and spec_cfg.get("checkpoint_path"):
+        checkpoint_path = spec_cfg["checkpoint_path"]
+    ckpt_cfg: dict[str, Any] = {}
+    if checkpoint_path is not None:
+        ckpt_cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
+    if model is None:
+        model = ckpt_cfg.get("model") or spec_cfg.get("model")
+        if model is None:
+            raise ValueError(
+                "no model given and none recorded in the checkpoint or spectrum: pass model="
+            )
+    if model_kwargs is None and isinstance(model, str):
+        for cfg in (ckpt_cfg, spec_cfg):
+            if cfg.get("model") and _same_model(cfg["model"], model):
+                model_kwargs = cfg.get("model_kwargs") or {}
+                break
+    if params == "spectrum":
+        params = spec_cfg.get("params")
+    if num_subsamples is None and spec_cfg.get("num_subsamples"):
+        num_subsamples = spec_cfg["num_subsamples"]
+        if subsample_seed is None:
+            subsample_seed = spec_cfg.get("subsample_seed")
+    dev = resolve_device(device)
+    bundle = load_data(
+        dataset,
+        data_path,
+        batch_size=batch_size,
+        use_test=use_test,
+        augment=False,
+        shuffle_train=False,
+        subsample=num_subsamples,
+        seed=0 if subsample_seed is None else subsample_seed,
+        download=download,
+    )
+    model_name = model if isinstance(model, str) else type(model).__name__
+    net = get_model(
+        model,
+        num_classes=bundle.num_classes,
+        in_channels=bundle.in_channels,
+        input_size=bundle.input_size,
+        **(model_kwargs or {}),
+    )
+    if checkpoint_path is not None:
+        load_checkpoint(checkpoint_path, net, map_location="cpu")
+    net = net.to(dev)
+    result = loss_landscape(
+        net,
+        loss_fn or nn.CrossEntropyLoss(),
+        bundle.train_loader,
+        bundle.test_loader,
+        directions=directions,
+        plane=plane,
+        spectrum=spectrum,
+        dist=dist,
+        n_points=n_points,
+        params=params,
+        bn_recompute=bn_recompute,
+        quadratic=quadratic,
+        theta=theta,
+        bias_bn=bias_bn,
+        seed=seed,
+        dtype=dtype,
+        device=dev,
+        verbose=verbose,
+        config={
+            "model": model_name,
+            "model_kwargs": model_kwargs or {},
+            "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
+            "data_path": str(data_path) if data_path is not None else None,
+            "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
+            "spectrum_path": str(spectrum_path) if spectrum_path is not None else None,
+            "spectrum_matrix": spec_cfg.get("matrix"),
+            "batch_size": batch_size,
+            "use_test": use_test,
+            "test_is_validation": bundle.test_is_validation,
+            "num_subsamples": num_subsamples,
+            "subsample_seed": subsample_seed,
+        },
+    )
+    if save_path is not None:
+        result.save(Path(save_path))
+    return result
