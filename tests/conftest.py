@@ -15,6 +15,8 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     from threadpoolctl import threadpool_limits
 
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the CLI subprocesses of the tests
+    os.environ["MKL_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy/scipy BLAS too, else two workers oversubscribe two cores
 

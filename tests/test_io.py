@@ -23,3 +23,14 @@ def test_npz_json_roundtrip(tmp_path):
     arrays, meta = load_npz_json(tmp_path / "r.json")
     assert arrays["a"].tolist() == [0, 1, 2]
     assert meta["k"] == 1.5 and meta["p"] == str(tmp_path)
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

@@ -21,6 +21,7 @@ from .optim import *  # noqa: F403
 from .optim import __all__ as _optim_all
 from .plotting import *  # noqa: F403
 from .plotting import __all__ as _plotting_all
+from .report import write_report
 from .rmt import *  # noqa: F403
 from .rmt import __all__ as _rmt_all
 from .suite import *  # noqa: F403
@@ -31,6 +32,7 @@ from .training import __all__ as _training_all
 __all__ = [
     "__version__",
     "run_demo",
+    "write_report",
     *_linalg_all,
     *_rmt_all,
     *_operators_all,

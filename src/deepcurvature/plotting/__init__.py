@@ -1,5 +1,20 @@
 """Figures of spectra: the paper's stem plot of a spectral density, written atomically."""
 
-from .spectrum import plot_spectrum, save_figure
+from .comparison import plot_comparison
+from .landscape import plot_loss_landscape
+from .spectrum import SPECTRUM_MODES, plot_spectrum, read_spectrum, save_figure
+from .style import OKABE_ITO, PALETTE
+from .training import plot_training, read_training_stats
 
-__all__ = ["plot_spectrum", "save_figure"]
+__all__ = [
+    "OKABE_ITO",
+    "PALETTE",
+    "SPECTRUM_MODES",
+    "plot_comparison",
+    "plot_loss_landscape",
+    "plot_spectrum",
+    "plot_training",
+    "read_spectrum",
+    "read_training_stats",
+    "save_figure",
+]

@@ -2,8 +2,11 @@
 
 :func:`plot_spectrum` draws the nodes and weights of a :class:`~deepcurvature.SpectralDensity`
 (equation 25) as stems, by default on a logarithmic weight axis so that Ritz values with tiny
-weight (outliers, the ends of the spectrum) stay visible. Optional overlays, all in the same unit
-("mass per bin", so that they compare with each other and, on a linear axis, with the stems):
+weight (outliers, the ends of the spectrum) stay visible. It also takes the paper's call
+``plot_spectrum("lanczos", path="spectrum.npz")`` (Appendix D): a mode and a file written by
+``SpectrumResult.save`` or ``SpectralDensity.save``, whose metadata names the matrix in the title.
+Optional overlays, all in the same unit ("mass per bin", so that they compare with each other
+and, on a linear axis, with the stems):
 
 * a histogram of exact eigenvalues whose bar masses sum to 1;
 * a reference density (a limiting law such as the semicircle) times the bin width, and atoms;
@@ -17,6 +20,7 @@ stays distinguishable under the common colour-vision deficiencies.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -30,9 +34,11 @@ from matplotlib.offsetbox import AnchoredText
 from matplotlib.ticker import NullLocator
 
 from ..io import atomic_write_bytes
+from ..io.results import result_paths
 from ..linalg.density import SpectralDensity
+from .style import OKABE_ITO, matrix_label
 
-__all__ = ["COLORS", "plot_spectrum", "save_figure"]
+__all__ = ["COLORS", "SPECTRUM_MODES", "plot_spectrum", "read_spectrum", "save_figure"]
 
 #: Okabe-Ito colour-blind-safe palette.
 COLORS: dict[str, str] = {
@@ -49,10 +55,90 @@ ZERO_TOL = 1e-3
 
 _FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
+#: Modes of ``plot_spectrum(mode, path=...)``: the stem plot, stems with a kernel-smoothed
+#: curve, and the cumulative spectral mass (a step function).
+SPECTRUM_MODES = ("lanczos", "smooth", "cdf")
+
+
+def read_spectrum(path: str | os.PathLike) -> tuple[SpectralDensity, dict[str, Any]]:
+    """Read a spectrum file written by ``SpectrumResult.save`` or ``SpectralDensity.save``.
+
+    Args:
+        path: ``NAME.npz``, ``NAME.json`` or ``NAME`` (the pair ``NAME.npz`` + ``NAME.json``).
+
+    Returns:
+        ``(density, metadata)``: the :class:`SpectralDensity` (its ``metadata`` holds the
+        Lanczos settings and the matrix) and the whole JSON metadata (``kind``, ``config``,
+        ``info``, ``summary``...; ``{}`` without a JSON file).
+
+    Raises:
+        FileNotFoundError: there is no ``NAME.npz``.
+        ValueError: the file holds no ``nodes``/``weights`` arrays (it is not a spectrum).
+    """
+    npz, sidecar = result_paths(path)
+    if not npz.is_file():
+        raise FileNotFoundError(f"no result file at {npz}")
+    meta: dict[str, Any] = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{sidecar} is not valid JSON ({exc})") from None
+    # read only the density's arrays: the file may also hold (P, m) eigenvectors
+    with np.load(npz, allow_pickle=False) as data:
+        names = list(data.files)
+        arrays = {k: data[k] for k in ("nodes", "weights", "probe_index") if k in names}
+    missing = [k for k in ("nodes", "weights") if k not in arrays]
+    if missing:
+        kind = meta.get("kind")
+        what = f"a {kind} file" if kind else f"arrays {sorted(names)}"
+        raise ValueError(
+            f"{npz} is not a spectrum file: it holds {what}, without the 'nodes' and 'weights' "
+            f"arrays of a SpectrumResult or SpectralDensity"
+        )
+    inner = meta.get("density_metadata", meta.get("metadata")) or {}
+    density = SpectralDensity(
+        arrays["nodes"],
+        arrays["weights"],
+        dim=meta.get("dim"),
+        probe_index=arrays.get("probe_index"),
+        metadata=dict(inner),
+    )
+    return density, meta
+
+
+def _count(n: object) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def _default_title(density: SpectralDensity, file_meta: dict[str, Any] | None) -> str:
+    """One or two lines: which matrix, of which model and data, with which Lanczos settings."""
+    meta = density.metadata or {}
+    config = (file_meta or {}).get("config") or {}
+    info = (file_meta or {}).get("info") or {}
+    name = matrix_label(config.get("matrix", meta.get("matrix")))
+    head = f"{name} spectral density" if name and name != "operator" else "Spectral density"
+    if config.get("model") and config.get("dataset"):
+        head += f" of {config['model']} on {config['dataset']}"
+    details = []
+    steps = config.get("steps", meta.get("steps"))
+    if steps is not None:
+        n_p = config.get("probes", meta.get("probes", 1))
+        details.append(f"Lanczos m={steps}, {n_p} probe{'s' * (n_p != 1)}")
+    if file_meta is None:
+        return ", ".join([head, *details])
+    sizes = [f"{k} = {_count(info[k])}" for k in ("P", "N") if info.get(k) is not None]
+    if not sizes and density.dim is not None:
+        sizes = [f"P = {_count(density.dim)}"]
+    details.extend(sizes)
+    return head + ("\n" + ", ".join(details) if details else "")
+
 
 def _as_density(density: Any) -> SpectralDensity:
     if isinstance(density, SpectralDensity):
         return density
+    if isinstance(getattr(density, "density", None), SpectralDensity):  # a SpectrumResult
+        return density.density
     if callable(getattr(density, "density", None)):  # a LanczosResult
         return density.density()
     raise TypeError(
@@ -93,7 +179,8 @@ def _summary_text(density: SpectralDensity) -> str:
 
 
 def plot_spectrum(
-    density: SpectralDensity,
+    density: SpectralDensity | str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
     exact_eigenvalues: Any = None,
     smooth_sigma: float | None = None,
@@ -112,9 +199,22 @@ def plot_spectrum(
 ) -> Figure:
     r"""Stem plot of a discrete spectral density :math:`\sum_i w_i \delta(\lambda - \theta_i)`.
 
+    Called as in the paper (Appendix D), ``plot_spectrum("lanczos", path="spectrum.npz")``, it
+    reads a file written by ``SpectrumResult.save`` / ``SpectralDensity.save`` (see
+    :func:`read_spectrum`) and names the matrix, model, data set and sizes in the title. Modes
+    (:data:`SPECTRUM_MODES`): ``"lanczos"`` the stem plot; ``"smooth"`` the stems with the
+    Gaussian-kernel smoothed density (``smooth_sigma`` defaults to 1/50 of the spectrum's
+    range; for the eye only, Theorem 5); ``"cdf"`` the cumulative spectral mass
+    :math:`F(\lambda) = \sum_{\theta_i \le \lambda} w_i` as a step function, with the
+    negative mass marked at 0 (the overlay options do not apply to it).
+
     Args:
-        density: a :class:`SpectralDensity` (or a ``LanczosResult``, whose ``density()`` is used):
-            ``n`` nodes and weights summing to 1 (equation 25).
+        density: a :class:`SpectralDensity` (or a ``LanczosResult``, whose ``density()`` is used,
+            or a ``SpectrumResult``): ``n`` nodes and weights summing to 1 (equation 25); or a
+            mode from :data:`SPECTRUM_MODES` together with ``path``; or a spectrum file's path
+            (mode ``"lanczos"``).
+        path: the spectrum file (``.npz``, ``.json`` or the name without suffix) when
+            ``density`` is a mode.
         exact_eigenvalues: ``(P,)`` exact eigenvalues, drawn as a histogram whose bar masses sum
             to 1 (each eigenvalue has mass ``1/P``, like the stems' weights).
         smooth_sigma: if given, overlay ``density.smooth(smooth_sigma)``; kernel smoothing biases
@@ -141,7 +241,38 @@ def plot_spectrum(
     Returns:
         The :class:`matplotlib.figure.Figure` holding the plot.
     """
+    mode, file_meta = "lanczos", None
+    if isinstance(density, (str, os.PathLike)):
+        if isinstance(density, str) and density.lower() in SPECTRUM_MODES:
+            mode = density.lower()
+            if path is None:
+                raise ValueError(
+                    f"plot_spectrum({density!r}) needs the spectrum file: "
+                    f"plot_spectrum({density!r}, path='.../spectrum.npz')"
+                )
+        elif path is not None:
+            raise ValueError(
+                f"unknown plot_spectrum mode {str(density)!r}: use one of "
+                f"{', '.join(SPECTRUM_MODES)} with path=, or pass the file alone"
+            )
+        else:
+            path = density
+        density, file_meta = read_spectrum(path)
+    elif path is not None:
+        raise ValueError("give either a density or path= (with a mode such as 'lanczos'), not both")
+    elif isinstance(getattr(density, "density", None), SpectralDensity):  # a SpectrumResult
+        file_meta = {"config": getattr(density, "config", {}), "info": getattr(density, "info", {})}
     density = _as_density(density)
+    if title is None:
+        title = _default_title(density, file_meta)
+        if mode == "cdf":
+            title = title.replace("spectral density", "cumulative spectral mass", 1)
+            title = title.replace("Spectral density", "Cumulative spectral mass", 1)
+    if mode == "cdf":
+        return _plot_cdf(density, ax=ax, title=title, label=label, legend=legend)
+    if mode == "smooth" and smooth_sigma is None:
+        span = density.lambda_max - density.lambda_min
+        smooth_sigma = span / 50.0 if span > 0 else max(abs(density.lambda_max), 1.0) / 50.0
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     if smooth_sigma is not None and not smooth_sigma > 0:
@@ -294,13 +425,6 @@ def plot_spectrum(
         ax.set_zorder(mass_ax.get_zorder() + 1)  # stems in front of the histogram
         ax.patch.set_visible(False)
 
-    if title is None:
-        meta = density.metadata or {}
-        if "steps" in meta:
-            n_p = meta.get("probes", 1)
-            title = f"Spectral density, Lanczos m={meta['steps']}, {n_p} probe{'s' * (n_p != 1)}"
-        else:
-            title = "Spectral density"
     ax.set_title(title)
     if legend:
         merged = show_summary and not side_by_side
@@ -322,6 +446,55 @@ def plot_spectrum(
         box.patch.set_alpha(0.9)
         box.patch.set_boxstyle("round,pad=0.3")
         ax.add_artist(box)
+    return fig
+
+
+def _plot_cdf(
+    density: SpectralDensity, *, ax: Axes | None, title: str, label: str, legend: bool
+) -> Figure:
+    """Cumulative spectral mass as a step function, with the negative mass marked at 0."""
+    if ax is None:
+        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    order = np.argsort(density.nodes, kind="stable")
+    nodes, cum = density.nodes[order], np.cumsum(density.weights[order])
+    lo, hi = float(nodes[0]), float(nodes[-1])
+    span = hi - lo if hi > lo else max(1.0, abs(hi))
+    lo, hi = lo - 0.04 * span, hi + 0.04 * span
+    x = np.concatenate([[lo], nodes, [hi]])
+    y = np.concatenate([[0.0], cum, [cum[-1]]])
+    ax.step(
+        x,
+        y,
+        where="post",
+        color=COLORS["stem"],
+        linewidth=1.6,
+        label=label.replace("(Ritz value, weight)", "cumulative mass"),
+    )
+    ax.plot(nodes, cum, linestyle="none", marker="o", markersize=3.5, color=COLORS["stem"])
+    neg = density.negative_mass()
+    if lo < 0.0 < hi:
+        ax.axvline(0.0, color=OKABE_ITO["black"], linewidth=0.8, linestyle=":")
+        (mark,) = ax.plot(
+            [0.0],
+            [neg],
+            linestyle="none",
+            marker="D",
+            markersize=6,
+            color=COLORS["extra"],
+            label=f"negative mass F(0⁻) = {neg:.3g}",
+        )
+        mark.set_zorder(5)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(-0.02, 1.1)
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("cumulative spectral mass F(λ)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    if legend:
+        ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
     return fig
 
 

@@ -1,0 +1,270 @@
+"""Training curves from a run's ``stats.json``: loss, accuracy, learning rate and weight norm.
+
+:func:`plot_training` reads the per-epoch table written by :func:`deepcurvature.train_network`
+(``{"format": "deepcurvature-stats", "version", "config", "columns", "rows"}``, see
+:mod:`deepcurvature.training.stats`) and draws one panel per quantity against the epoch: train and
+test curves, test top-5 accuracy and the SWA / iterate-averaged (Gadam) test curves when the
+columns are there. The learning rate has its own panel, on a log axis when it spans a decade or
+more. Curves differ in colour (Okabe-Ito), line style and marker, so they read without colour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .style import OKABE_ITO, log_scale_fits
+
+__all__ = ["plot_training", "read_training_stats"]
+
+_LOSS_NAMES = {
+    "CrossEntropyLoss": "cross-entropy",
+    "MSELoss": "mean squared error",
+    "NLLLoss": "negative log-likelihood",
+    "BCEWithLogitsLoss": "binary cross-entropy",
+}
+
+STATS_FORMAT = "deepcurvature-stats"
+
+# (column, legend label, colour, line style, marker)
+_LOSS = (
+    ("train_loss", "train", OKABE_ITO["blue"], "-", "o"),
+    ("test_loss", "test", OKABE_ITO["vermillion"], "--", "s"),
+    ("swa_test_loss", "SWA test", OKABE_ITO["bluish_green"], "-.", "^"),
+    ("avg_test_loss", "averaged (Gadam) test", OKABE_ITO["reddish_purple"], ":", "D"),
+)
+_ACCURACY = (
+    ("train_accuracy", "train", OKABE_ITO["blue"], "-", "o"),
+    ("test_accuracy", "test", OKABE_ITO["vermillion"], "--", "s"),
+    ("test_top5_accuracy", "test top-5", OKABE_ITO["orange"], ":", "s"),
+    ("swa_test_accuracy", "SWA test", OKABE_ITO["bluish_green"], "-.", "^"),
+    ("swa_test_top5_accuracy", "SWA test top-5", OKABE_ITO["bluish_green"], ":", "^"),
+    ("avg_test_accuracy", "averaged (Gadam) test", OKABE_ITO["reddish_purple"], "-.", "D"),
+    ("avg_test_top5_accuracy", "averaged test top-5", OKABE_ITO["reddish_purple"], ":", "D"),
+)
+_LR = (("lr", "learning rate", OKABE_ITO["black"], "-", "o"),)
+_NORM = (("weight_l2", "‖w‖₂", OKABE_ITO["blue"], "-", "o"),)
+
+
+def read_training_stats(source: Any) -> dict[str, Any]:
+    """Read the statistics of a training run.
+
+    Args:
+        source: a run folder holding ``stats.json``, the path of a ``stats.json`` file, an
+            already loaded document (a dict with ``rows``), or a ``TrainResult``.
+
+    Returns:
+        ``{"config": {...}, "columns": [...], "rows": [{...}, ...]}`` with at least one row.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without ``stats.json``.
+        ValueError: the file is not a ``stats.json`` written by ``train_network``, or has no rows.
+    """
+    where = "the statistics"
+    if hasattr(source, "stats") and hasattr(source, "config") and not isinstance(source, dict):
+        doc: Any = {"config": dict(source.config), "rows": list(source.stats)}
+    elif isinstance(source, dict):
+        doc = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            if not (path / "stats.json").is_file():
+                raise FileNotFoundError(
+                    f"no stats.json in {path}: give a run folder written by train_network "
+                    f"(deepcurvature train) or the path of its stats.json"
+                )
+            path = path / "stats.json"
+        elif not path.is_file():
+            raise FileNotFoundError(f"no statistics file at {path}")
+        where = str(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"{path} is not a stats.json file (not valid JSON: {exc}); give the stats.json "
+                f"written by train_network"
+            ) from None
+    else:
+        raise TypeError(
+            f"plot_training needs a run folder, a stats.json path, a dict or a TrainResult, got "
+            f"{type(source).__name__}"
+        )
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or (doc.get("format", STATS_FORMAT) != STATS_FORMAT):
+        raise ValueError(
+            f"{where} is not a training statistics file: expected the JSON object "
+            f"{{'format': '{STATS_FORMAT}', 'config', 'columns', 'rows'}} written by train_network"
+        )
+    if not rows:
+        raise ValueError(f"{where} has no epochs yet: train for at least one epoch")
+    if not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        raise ValueError(f"{where}: every row must be an object with an 'epoch' entry")
+    columns = doc.get("columns") or sorted({k for r in rows for k in r})
+    return {"config": dict(doc.get("config") or {}), "columns": list(columns), "rows": rows}
+
+
+def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(r["epoch"])
+            ys.append(float(v) * scale)
+    return xs, ys
+
+
+def _draw(
+    ax: Axes, rows: list[dict[str, Any]], specs: tuple, scale: float = 1.0
+) -> list[list[float]]:
+    """Draw each present column; return the y values drawn."""
+    drawn = []
+    for key, label, color, style, marker in specs:
+        xs, ys = _series(rows, key, scale)
+        if not xs:
+            continue
+        ax.plot(
+            xs,
+            ys,
+            color=color,
+            linestyle=style,
+            marker=marker if len(xs) <= 40 else None,
+            markersize=4,
+            linewidth=1.5,
+            label=label,
+        )
+        drawn.append(ys)
+    return drawn
+
+
+def _title(config: dict[str, Any]) -> str:
+    parts = []
+    model, data = config.get("model"), config.get("dataset")
+    if model and data:
+        parts.append(f"{model} on {data}")
+    opt = config.get("optimizer")
+    if opt:
+        kw = config.get("optimizer_kwargs") or {}
+        shown = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()
+        )
+        parts.append(f"{opt} ({shown})" if shown else str(opt))
+    sched = config.get("schedule")
+    name = sched.get("name") if isinstance(sched, dict) else sched
+    if isinstance(name, str):
+        parts.append(f"{name} schedule")
+    if config.get("swa"):
+        parts.append("SWA")
+    head = "Training: " + ", ".join(parts) if parts else "Training curves"
+    return "\n".join(textwrap.wrap(head, 110))
+
+
+def plot_training(
+    run_dir_or_stats_path: Any,
+    *,
+    title: str | None = None,
+    log_loss: bool | None = None,
+    show_weight_norm: bool = True,
+) -> Figure:
+    """Loss, accuracy, learning rate (and weight norm) against the epoch, from ``stats.json``.
+
+    Panels: loss (train, test, SWA / averaged test); accuracy in percent (train, test, test top-5,
+    SWA / averaged); the learning rate at the start of each epoch (log axis when it spans a
+    decade or more); the L2 norm of the weights. Panels without data are left out. Test values
+    of epochs without evaluation (``eval_freq``) are skipped. With SWA, a dotted line marks the
+    epoch averaging starts.
+
+    Args:
+        run_dir_or_stats_path: a run folder, a ``stats.json`` path, its loaded dict, or a
+            ``TrainResult`` (see :func:`read_training_stats`).
+        title: figure title (default: model, data set, optimiser and schedule from the config).
+        log_loss: log axis for the loss; default: when the loss values span a decade or more.
+        show_weight_norm: add the weight-norm panel when ``weight_l2`` is recorded.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` (one axes per panel, in the order above).
+    """
+    doc = read_training_stats(run_dir_or_stats_path)
+    rows, config = doc["rows"], doc["config"]
+    rows = sorted(rows, key=lambda r: r["epoch"])
+    present = {k for r in rows for k, v in r.items() if v is not None}
+
+    panels: list[tuple[str, tuple, float]] = []
+    if present & {s[0] for s in _LOSS}:
+        panels.append(("loss", _LOSS, 1.0))
+    if present & {s[0] for s in _ACCURACY}:
+        panels.append(("accuracy", _ACCURACY, 100.0))
+    if "lr" in present:
+        panels.append(("lr", _LR, 1.0))
+    if show_weight_norm and "weight_l2" in present:
+        panels.append(("norm", _NORM, 1.0))
+    if not panels:
+        raise ValueError(
+            "the statistics have no loss, accuracy or learning-rate columns to plot: expected "
+            "the columns written by train_network (train_loss, test_loss, lr, ...)"
+        )
+    n = len(panels)
+    ncols = 2 if n == 4 else n
+    nrows = 2 if n == 4 else 1
+    fig = Figure(
+        figsize=((5.0 if ncols < 3 else 4.6) * ncols, 3.6 * nrows + 0.5), layout="constrained"
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+
+    loss_name = config.get("loss")
+    loss_name = _LOSS_NAMES.get(loss_name, loss_name) if isinstance(loss_name, str) else None
+    swa_start = config.get("swa_start") if config.get("swa") else None
+    for ax, (kind, specs, scale) in zip(axes, panels, strict=True):
+        drawn = _draw(ax, rows, specs, scale)
+        values = [v for ys in drawn for v in ys]
+        if kind == "loss":
+            use_log = log_scale_fits(values) if log_loss is None else log_loss
+            if use_log:
+                ax.set_yscale("log")
+            ylabel = f"loss ({loss_name})" if loss_name else "loss"
+            ax.set_ylabel(ylabel + (" (log scale)" if use_log else ""))
+            ax.set_title("Loss")
+        elif kind == "accuracy":
+            ax.set_ylabel("accuracy (%)")
+            lo = min(values)
+            ax.set_ylim(max(0.0, lo - 5.0), min(100.0, max(values) + 5.0) + 1.0)
+            ax.set_title("Accuracy")
+        elif kind == "lr":
+            if log_scale_fits(values):
+                ax.set_yscale("log")
+                ax.set_ylabel("learning rate (log scale)")
+            else:
+                ax.set_ylabel("learning rate")
+                top = max(values)
+                ax.set_ylim(0.0, 1.1 * top if top > 0 else 1.0)
+            ax.set_title("Learning rate (start of epoch)")
+        else:
+            ax.set_ylabel("weight norm ‖w‖₂")
+            ax.set_title("Weight L2 norm")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if swa_start is not None:
+            ax.axvline(
+                swa_start,
+                color=OKABE_ITO["bluish_green"],
+                linestyle=":",
+                linewidth=1.2,
+                label=f"SWA from epoch {swa_start}",
+            )
+        if kind != "norm" and (kind != "lr" or swa_start is not None):
+            ax.legend(fontsize="small", framealpha=0.9)
+    epochs = np.array([r["epoch"] for r in rows], dtype=float)
+    pad = 0.3 if epochs.size == 1 else 0.03 * (epochs.max() - epochs.min())
+    for ax in axes[:n]:
+        ax.set_xlim(epochs.min() - pad, epochs.max() + pad)
+    fig.suptitle(_title(config) if title is None else title)
+    return fig

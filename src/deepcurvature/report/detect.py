@@ -1,0 +1,191 @@
+"""What a result file holds, and the figure that shows it.
+
+deepcurvature writes four kinds of results, told apart by their JSON metadata:
+
+* ``"training"``: ``stats.json`` of a run (``"format": "deepcurvature-stats"``), or a run folder
+  holding one;
+* ``"spectrum"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "SpectrumResult"`` or
+  ``"SpectralDensity"`` (or an ``.npz`` with ``nodes`` and ``weights`` arrays and no JSON);
+* ``"landscape"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "LandscapeResult"``;
+* ``"checkpoint"``: ``checkpoint-EEEEE.pt``.
+
+:func:`detect_result` names the kind of a path, :func:`plot_result` draws the matching figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "LANDSCAPE_KINDS",
+    "SPECTRUM_KINDS",
+    "STATS_FORMAT",
+    "detect_result",
+    "plot_result",
+    "read_json",
+]
+
+STATS_FORMAT = "deepcurvature-stats"
+SPECTRUM_KINDS = ("SpectrumResult", "SpectralDensity")
+LANDSCAPE_KINDS = ("LandscapeResult",)
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+_EXPECTED = (
+    "a spectrum (.npz/.json written by SpectrumResult.save or SpectralDensity.save), a "
+    "training run's stats.json or its folder, or a landscape file (LandscapeResult)"
+)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; ``ValueError`` naming the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid JSON file ({exc})") from None
+
+
+def _npz_keys(path: Path) -> list[str]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return list(data.files)
+    except Exception as exc:  # a damaged or foreign file
+        raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
+
+
+def _kind_of_json(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return None
+    if doc.get("format") == STATS_FORMAT:
+        return "training"
+    kind = doc.get("kind")
+    if kind in SPECTRUM_KINDS:
+        return "spectrum"
+    if kind in LANDSCAPE_KINDS:
+        return "landscape"
+    return None
+
+
+def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
+    """Tell what a result file (or run folder) holds.
+
+    Args:
+        path: a run folder, ``stats.json``, a result's ``.npz`` or ``.json`` (or its name
+            without suffix), or a checkpoint.
+
+    Returns:
+        ``(kind, file)``: kind is ``"training"``, ``"spectrum"``, ``"landscape"`` or
+        ``"checkpoint"``; file is the file to read (``stats.json`` for a folder, the ``.npz`` of
+        an npz + JSON result).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: the file is none of these kinds (the message says what was expected).
+    """
+    p = Path(path)
+    if p.is_dir():
+        stats = p / "stats.json"
+        if stats.is_file():
+            return "training", stats
+        raise ValueError(
+            f"{p} is a folder without stats.json: give a result file ({_EXPECTED}), or use "
+            f"'deepcurvature report {p}' to summarise everything in a folder"
+        )
+    if not p.exists():
+        npz = p.with_name(p.name + ".npz")
+        if p.suffix == "" and npz.is_file():
+            p = npz
+        else:
+            raise FileNotFoundError(f"no file or folder at {p}")
+    if CHECKPOINT_NAME.match(p.name) or p.suffix == ".pt":
+        return "checkpoint", p
+    if p.suffix == ".json":
+        doc = read_json(p)
+        kind = _kind_of_json(doc)
+        if kind == "training":
+            return kind, p
+        npz = p.with_suffix(".npz")
+        if kind is not None:
+            if not npz.is_file():
+                raise FileNotFoundError(
+                    f"{p} describes a {doc.get('kind')} but its arrays file {npz.name} is missing"
+                )
+            return kind, npz
+        what = f"'kind': {doc.get('kind')!r}" if isinstance(doc, dict) and "kind" in doc else None
+        raise ValueError(
+            f"cannot tell what {p} holds ({what or 'no format or kind entry'}): expected "
+            f"{_EXPECTED}"
+        )
+    if p.suffix == ".npz":
+        sidecar = p.with_suffix(".json")
+        if sidecar.is_file():
+            doc = read_json(sidecar)
+            kind = _kind_of_json(doc)
+            if kind in ("spectrum", "landscape"):
+                return kind, p
+            if isinstance(doc, dict) and "kind" in doc:
+                raise ValueError(
+                    f"{p} holds a {doc['kind']!r} result, which has no figure: expected {_EXPECTED}"
+                )
+        keys = _npz_keys(p)
+        if "nodes" in keys and "weights" in keys:
+            return "spectrum", p
+        raise ValueError(
+            f"cannot tell what {p} holds (arrays {sorted(keys)[:8]}): expected {_EXPECTED}"
+        )
+    raise ValueError(f"cannot tell what {p} holds from its name: expected {_EXPECTED}")
+
+
+def landscape_plotter() -> Any:
+    """``plot_loss_landscape`` when the landscape plotting module is installed, else ``None``."""
+    try:
+        from ..plotting.landscape import plot_loss_landscape
+    except ImportError:
+        return None
+    return plot_loss_landscape
+
+
+def plot_result(
+    path: str | os.PathLike, *, mode: str = "lanczos", **kwargs: Any
+) -> tuple[str, Figure]:
+    """Draw the figure that matches a result file (see :func:`detect_result`).
+
+    Args:
+        path: the result file or run folder.
+        mode: for spectra, a mode of ``plot_spectrum`` (``"lanczos"``, ``"smooth"``, ``"cdf"``).
+        **kwargs: passed to the plotting function (``plot_spectrum``, ``plot_training`` or
+            ``plot_loss_landscape``).
+
+    Returns:
+        ``(kind, figure)``.
+
+    Raises:
+        ValueError: the file has no figure (a checkpoint, an unknown file), or the landscape
+            plotting module is missing.
+    """
+    from ..plotting import plot_spectrum, plot_training
+
+    kind, file = detect_result(path)
+    if kind == "training":
+        return kind, plot_training(file, **kwargs)
+    if kind == "spectrum":
+        return kind, plot_spectrum(mode, path=file, **kwargs)
+    if kind == "landscape":
+        plot = landscape_plotter()
+        if plot is None:
+            raise ValueError(
+                f"{file} is a loss landscape, but this installation has no landscape plotting "
+                f"(deepcurvature.plotting.landscape.plot_loss_landscape)"
+            )
+        return kind, plot(file, **kwargs)
+    raise ValueError(
+        f"{file} is a checkpoint, which has no figure of its own: plot its run's stats.json, "
+        f"or a spectrum computed from it"
+    )
