@@ -74,8 +74,9 @@ def main(small: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         "Marcenko-Pastur, T=2P": dc.wishart(P, 2 * P, seed=50),
         "Wigner": dc.wigner(P, seed=51),
     }
-    fig = Figure(figsize=(10.0, 9.5), layout="constrained")
-    axes = fig.subplots(2, 1)
+    # side by side as in the paper: plot_comparison fits its legend and table to each panel
+    fig = Figure(figsize=(15.0, 5.6), layout="constrained")
+    axes = fig.subplots(1, 2)
     rows = []
     for k, (ax, (name, H)) in enumerate(zip(axes, cases.items(), strict=True)):
         row, dens, exact, diag = compare(name, H, seed=52 + k)

@@ -1,16 +1,26 @@
-"""Figures: plot_spectrum from files and modes, plot_comparison (Figure 5), plot_training."""
+"""Figures: plot_spectrum from files and modes, plot_comparison (Figure 5), plot_training.
 
+Layout checks draw the figure with the Agg renderer and compare window extents (pixels): boxes
+must not overlap each other, the data or the figure's edge.
+"""
+
+import itertools
 import json
 import math
 
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, StemContainer
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnchoredText
+from matplotlib.ticker import PercentFormatter
+from matplotlib.transforms import Bbox
 
 import deepcurvature as dc
+from deepcurvature.analysis.landscape import LandscapeResult
+from deepcurvature.plotting.style import PercentTickFormatter, percent_decimals
 
 MLP = {"hidden": [16]}
 
@@ -63,6 +73,21 @@ def _stems(ax):
 
 def _bars(ax):
     return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def _drawn(fig):
+    """Draw ``fig`` with Agg (layout engine included): window extents are then final."""
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _table_text(ax):
+    """The summary table of plot_comparison: a box of its own, or the legend's title."""
+    boxes = [a for a in ax.artists if isinstance(a, AnchoredText)]
+    if boxes:
+        return boxes[0].txt.get_text()
+    return ax.get_legend().get_title().get_text()
 
 
 def _not_blank(fig, path):
@@ -154,6 +179,118 @@ def test_plot_spectrum_bad_calls(wigner, tmp_path):
         dc.plot_spectrum("lanczos", path=tmp_path / "other.npz")
 
 
+# -- plot_spectrum: the mass axis of the histogram -------------------------------------------
+@pytest.fixture(scope="module")
+def marchenko_pastur_q2():
+    """X X^T / T with P = 2T (q = 2): half of the exact eigenvalues are zero (an atom of 0.5)."""
+    P, q = 300, 2.0
+    H = dc.wishart(P, round(P / q), seed=5).numpy()
+    exact = np.linalg.eigvalsh(H)
+    density = dc.lanczos(H, 30, seed=6, verbose=False).density()
+    return q, exact, density
+
+
+def _mp_plot(mp, **kwargs):
+    q, exact, density = mp
+    return dc.plot_spectrum(
+        density,
+        exact_eigenvalues=exact,
+        reference=lambda x: dc.marchenko_pastur_density(x, q),
+        reference_atoms=[(0.0, dc.marchenko_pastur_atom(q))],
+        bins=40,
+        **kwargs,
+    )
+
+
+def _clipped_notes(mass_ax):
+    return [t for t in mass_ax.texts if t.get_gid() == "clipped mass"]
+
+
+def test_plot_spectrum_clips_the_mass_axis_to_the_bulk_below_an_atom(marchenko_pastur_q2):
+    """Issue: an atom of mass 0.5 at zero flattened the bulk histogram to nothing."""
+    _, exact, _ = marchenko_pastur_q2
+    zero_mass = float(np.mean(np.abs(exact) < 1e-8))
+    assert zero_mass == pytest.approx(0.5)
+    fig = _mp_plot(marchenko_pastur_q2)
+    ax, mass_ax = fig.axes
+    assert fig.mass_axis is mass_ax and ax.mass_axis is mass_ax  # the twin axis, exposed
+    (bars,) = _bars(mass_ax)
+    heights = np.array([p.get_height() for p in bars.patches])
+    assert heights.sum() == pytest.approx(1.0)  # the data is untouched: the bar at 0 holds 0.5
+    k = int(np.argmax(heights))
+    assert heights[k] == pytest.approx(zero_mass)
+    bulk = np.delete(heights, k)
+    top = mass_ax.get_ylim()[1]
+    # the axis is the bulk's: its largest bar fills a good part of the axis (not 1/20 of it)
+    assert mass_ax.get_ylim()[0] == 0.0 and bulk.max() < top < 5 * bulk.max()
+    assert top < 0.25 * heights[k]
+    # the bar at 0 is cut at the top of the bulk and its mass written there
+    renderer = _drawn(fig)
+    cut_px = bars.patches[k].get_clip_box().y1
+    assert cut_px < mass_ax.bbox.y1 - 10
+    assert cut_px == pytest.approx(mass_ax.transData.transform((0.0, 1.25 * bulk.max()))[1])
+    (note,) = _clipped_notes(mass_ax)
+    assert note.get_text() == "↑ mass 0.5 (law: 0.5)"
+    assert note.get_window_extent(renderer).y0 >= cut_px - 1
+    # the legend box holds the summary (narrow axes): it is above the note, not on it
+    assert not note.get_window_extent(renderer).overlaps(
+        ax.get_legend().get_window_extent(renderer)
+    )
+    # the atom's diamond is drawn at the cut, visible
+    (atom,) = [ln for ln in mass_ax.get_lines() if ln.get_label() == "atom of the law"]
+    assert atom.get_ydata()[0] == pytest.approx(1.25 * bulk.max())
+    # clip_mass=False: the whole axis, the bulk flat; no note
+    whole = _mp_plot(marchenko_pastur_q2, clip_mass=False).mass_axis
+    assert whole.get_ylim()[1] > heights[k] and not _clipped_notes(whole)
+
+
+def test_plot_spectrum_log_and_explicit_mass_axis(marchenko_pastur_q2, tmp_path):
+    _, exact, _ = marchenko_pastur_q2
+    fig = _mp_plot(marchenko_pastur_q2, mass_scale="log")
+    mass_ax = fig.mass_axis
+    assert mass_ax.get_yscale() == "log" and "log scale" in mass_ax.get_ylabel()
+    lo, hi = mass_ax.get_ylim()
+    assert lo <= 1.0 / exact.size and hi > 0.5  # one eigenvalue's bar and the atom's both show
+    assert max(mass_ax.get_yticks()) <= 1.0 and not _clipped_notes(mass_ax)
+    _not_blank(fig, tmp_path / "log-mass.png")
+    fig = _mp_plot(marchenko_pastur_q2, mass_ylim=(0.0, 0.04))
+    assert fig.mass_axis.get_ylim() == (0.0, 0.04) and not _clipped_notes(fig.mass_axis)
+    # linear weights: the stems share the mass axis, which mass_ylim sets and nothing clips
+    fig = _mp_plot(marchenko_pastur_q2, log_weights=False, mass_ylim=(0.0, 0.6))
+    (ax,) = fig.axes
+    assert fig.mass_axis is ax and ax.get_ylim() == (0.0, 0.6)
+    assert _mp_plot(marchenko_pastur_q2, log_weights=False).mass_axis.get_ylim()[1] > 0.5
+    # nothing in mass: no mass axis
+    _, _, density = marchenko_pastur_q2
+    assert dc.plot_spectrum(density).mass_axis is None
+
+
+def test_plot_spectrum_does_not_clip_a_spectrum_without_atoms(wigner):
+    _, exact, density = wigner
+    fig = dc.plot_spectrum(density, exact_eigenvalues=exact, bins=30)
+    mass_ax = fig.mass_axis
+    (bars,) = _bars(mass_ax)
+    assert mass_ax.get_ylim()[1] > max(p.get_height() for p in bars.patches)
+    assert not _clipped_notes(mass_ax)
+    assert all(p.get_clip_box().y1 >= mass_ax.bbox.y1 - 1 for p in bars.patches)
+
+
+def test_plot_spectrum_mass_axis_bad_options(marchenko_pastur_q2):
+    _, _, density = marchenko_pastur_q2
+    with pytest.raises(ValueError, match="mass_scale must be"):
+        _mp_plot(marchenko_pastur_q2, mass_scale="sqrt")
+    with pytest.raises(ValueError, match="keep log_weights=True"):
+        _mp_plot(marchenko_pastur_q2, mass_scale="log", log_weights=False)
+    with pytest.raises(ValueError, match="pair"):
+        _mp_plot(marchenko_pastur_q2, mass_ylim=0.5)
+    with pytest.raises(ValueError, match="low < high"):
+        _mp_plot(marchenko_pastur_q2, mass_ylim=(0.5, 0.1))
+    with pytest.raises(ValueError, match="needs mass_ylim"):
+        _mp_plot(marchenko_pastur_q2, mass_scale="log", mass_ylim=(0.0, 1.0))
+    with pytest.raises(ValueError, match="exact_eigenvalues, reference"):
+        dc.plot_spectrum(density, mass_ylim=(0.0, 1.0))
+
+
 # -- plot_comparison (Figure 5) ---------------------------------------------------------------
 def test_plot_comparison_draws_three_normalised_distributions(wigner, tmp_path):
     H, exact, density = wigner
@@ -182,8 +319,7 @@ def test_plot_comparison_draws_three_normalised_distributions(wigner, tmp_path):
     assert labels[2].startswith("diagonal approximation")
     assert "probability mass" in ax.get_ylabel() and ax.get_yscale() == "linear"
     # the summary table: ranges and second moments of each (equation 10: tr(H^2)/P vs mean H_ii^2)
-    (box,) = [a for a in ax.artists if isinstance(a, AnchoredText)]
-    text = box.txt.get_text()
+    text = _table_text(ax)
     lines = {ln.split()[0]: ln for ln in text.splitlines()[1:]}
     assert f"[{exact.min():.3g}, {exact.max():.3g}]" in lines["exact"]
     assert f"{np.mean(exact**2):.3g}" in lines["exact"]
@@ -230,6 +366,107 @@ def test_plot_comparison_bad_input(wigner):
         dc.plot_comparison(density, exact_eigenvalues=exact, bins=0)
     with pytest.raises(TypeError, match="SpectralDensity"):
         dc.plot_comparison(exact, exact_eigenvalues=exact)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        dc.plot_comparison(density, exact_eigenvalues=exact, placement="left")
+
+
+def _data_extents(ax, renderer):
+    """Window extents of the bars' and stems' tops: what a box in the axes must not cover."""
+    out = [p.get_window_extent(renderer) for bars in _bars(ax) for p in bars.patches]
+    (stems,) = _stems(ax)
+    xy = ax.transData.transform(np.column_stack(stems.markerline.get_data()))
+    out += [Bbox([p - 2.0, p + 2.0]) for p in xy]  # markers: +-2 pixels
+    return [e for e in out if e.height > 0]
+
+
+@pytest.mark.parametrize(
+    ("figsize", "panels", "placement"),
+    [
+        ((16.0, 5.0), 2, "side"),
+        ((12.0, 5.0), 2, "stacked"),
+        ((7.5, 4.8), 1, "stacked"),  # plot_comparison's own figure size
+        ((10.0, 5.0), 2, None),  # borderline: the first panel is judged before the second is
+        ((8.0, 5.5), 2, "below"),
+        ((4.2, 4.5), 1, "below"),  # the legend's labels on two lines, the title wrapped
+    ],
+)
+def test_plot_comparison_legend_and_table_never_overlap(wigner, figsize, panels, placement):
+    """Issue: on axes ~7 in wide or less the table (upper left) and legend (upper right)
+    overlapped, hiding the "2nd moment" column. Now they go side by side only when they fit,
+    else in one box in the corner, else below the x label; nothing overlaps, nothing is cut."""
+    H, exact, density = wigner
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax in axes:
+        dc.plot_comparison(density, exact_eigenvalues=exact, diagonal=np.diag(H), ax=ax)
+    renderer = _drawn(fig)
+    figbox = fig.bbox
+    all_boxes = []
+    for ax in axes:
+        leg = ax.get_legend()
+        tables = [a for a in ax.artists if isinstance(a, AnchoredText)]
+        boxes = [leg.get_window_extent(renderer)]
+        boxes += [t.get_window_extent(renderer) for t in tables]
+        table = _table_text(ax)
+        assert "2nd moment" in table.splitlines()[0]  # the whole table, in one box or another
+        assert {ln.split()[0] for ln in table.splitlines()[1:]} == {"Lanczos", "exact", "diagonal"}
+        below = leg.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0
+        if placement == "side":
+            assert len(tables) == 1 and not leg.get_title().get_text()
+        elif placement is not None:  # the table is the title of the legend: one box
+            assert not tables and leg.get_title().get_text() == table
+            assert below == (placement == "below")
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b), (a, b)
+        for box in [*boxes, ax.title.get_window_extent(renderer)]:  # all in the figure
+            assert figbox.x0 - 1 <= box.x0 and box.x1 <= figbox.x1 + 1
+            assert figbox.y0 - 1 <= box.y0 and box.y1 <= figbox.y1 + 1
+        axbox = ax.get_window_extent(renderer)
+        if below:  # under the tick labels and the x label
+            xaxis = ax.xaxis.get_tightbbox(renderer)
+            assert boxes[0].y1 <= xaxis.y0 + 1 and boxes[0].y1 < axbox.y0
+        else:  # in the axes, above the bars and stems
+            for box in boxes:
+                assert axbox.contains(box.x0 + 1, box.y0 + 1) and box.y1 <= axbox.y1 + 1
+                for data in _data_extents(ax, renderer):
+                    assert not box.overlaps(data), (box, data)
+        all_boxes += boxes
+    for a, b in itertools.combinations(all_boxes, 2):  # nor across panels
+        assert not a.overlaps(b)
+
+
+def test_plot_comparison_forced_placements(wigner):
+    _, exact, density = wigner
+    fig = Figure(figsize=(12.0, 5.0), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    dc.plot_comparison(density, exact_eigenvalues=exact, ax=left, placement="stacked")
+    dc.plot_comparison(density, exact_eigenvalues=exact, ax=right, placement="below")
+    for ax in (left, right):
+        assert not [a for a in ax.artists if isinstance(a, AnchoredText)]
+        assert _table_text(ax).splitlines()[1].startswith("Lanczos")
+        assert len(ax.get_legend().get_texts()) == 2
+    renderer = _drawn(fig)
+    assert right.get_legend().get_window_extent(renderer).y1 < right.bbox.y0
+    assert left.bbox.contains(*left.get_legend().get_window_extent(renderer).p0)
+    # only the table (no legend): alone, in the upper left corner
+    fig = dc.plot_comparison(density, exact_eigenvalues=exact, legend=False)
+    (ax,) = fig.axes
+    assert ax.get_legend() is None
+    (box,) = [a for a in ax.artists if isinstance(a, AnchoredText)]
+    assert "2nd moment" in box.txt.get_text()
+    # the y-limits follow the axes as drawn: a shorter figure leaves more room for the box ...
+    tallest = max(p.get_height() for p in _bars(ax)[0].patches)
+    renderer = _drawn(fig)
+    top = ax.get_ylim()[1]
+    assert ax.transData.transform((0, tallest))[1] < box.get_window_extent(renderer).y0
+    fig.set_size_inches(7.5, 3.0)
+    renderer = _drawn(fig)
+    assert ax.get_ylim()[1] > 1.05 * top
+    assert ax.transData.transform((0, tallest))[1] < box.get_window_extent(renderer).y0
+    # ... and limits set by hand are kept
+    ax.set_ylim(0.0, 2.0)
+    _drawn(fig)
+    assert ax.get_ylim() == (0.0, 2.0)
 
 
 # -- plot_training ------------------------------------------------------------------------------
@@ -320,3 +557,68 @@ def test_plot_training_bad_input(tmp_path):
         dc.plot_training({"format": "deepcurvature-stats", "rows": []})
     with pytest.raises(TypeError, match="run folder"):
         dc.plot_training(42)
+
+
+# -- plot_loss_landscape: percent tick labels ----------------------------------------------------
+def _accuracy_landscape(low, high):
+    """A 1-D landscape along two directions whose accuracies span [low, high]."""
+    t = np.linspace(-0.5, 0.5, 11)
+    up = low + (high - low) * (1 - 4 * t**2)  # peaks at high
+    line = low + (high - low) * (t + 0.5)
+    acc = np.stack([up, line])
+    return LandscapeResult(
+        t=t,
+        labels=["Ritz #1", "Ritz #0"],
+        kinds=["eigen", "eigen"],
+        eigenvalues=np.array([2.0, -0.1]),
+        ritz_indices=np.array([1, 0]),
+        norms=np.ones(2),
+        slopes=np.zeros(2),
+        uhu=np.diag([2.0, -0.1]),
+        thetas=np.array([2.0, -0.1]),
+        train_loss=np.stack([1 + t**2, 1 - 0.05 * t**2]),
+        train_accuracy=acc,
+        test_accuracy=acc - 0.002,
+    )
+
+
+def _shown_tick_labels(ax):
+    lo, hi = ax.get_ylim()
+    ticks = ax.yaxis.get_major_ticks()
+    return [
+        t.label1.get_text()
+        for t, loc in zip(ticks, ax.get_yticks(), strict=True)
+        if lo <= loc <= hi
+    ]
+
+
+@pytest.mark.parametrize(("low", "high", "decimals"), [(0.215, 0.236, 1), (0.6, 1.0, 0)])
+def test_plot_loss_landscape_accuracy_tick_labels_are_unique(low, high, decimals):
+    """Issue: "22%" twice on a narrow accuracy range (ticks 22.0 and 22.5, 0 decimals)."""
+    fig = dc.plot_loss_landscape(_accuracy_landscape(low, high), metric="accuracy")
+    _drawn(fig)
+    for ax in fig.axes:
+        labels = _shown_tick_labels(ax)
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+        assert all(lab.endswith("%") for lab in labels)
+        # as many decimals as the spacing needs: "22.5%", and "95%" rather than "95.0%"
+        assert {len(lab.split(".")[1]) - 1 if "." in lab else 0 for lab in labels} == {decimals}
+        locs = [loc for loc in ax.get_yticks() if ax.get_ylim()[0] <= loc <= ax.get_ylim()[1]]
+        np.testing.assert_allclose([float(lab[:-1]) for lab in labels], locs, atol=1e-9)
+    if decimals:  # the old formatter (0 decimals) writes these ticks with a repeat
+        ax = fig.axes[0]
+        old = PercentFormatter(decimals=0)
+        locs = [loc for loc in ax.get_yticks() if ax.get_ylim()[0] <= loc <= ax.get_ylim()[1]]
+        assert len({old.format_pct(x, 100) for x in locs}) < len(locs)
+
+
+def test_percent_tick_formatter():
+    assert percent_decimals([20.0, 22.5, 25.0]) == 1
+    assert percent_decimals([60.0, 70.0, 80.0]) == 0
+    assert percent_decimals([0.1, 0.2, 0.1 + 0.2]) == 1  # float noise is not a decimal
+    assert percent_decimals([21.75, 22.0, 22.25]) == 2
+    assert percent_decimals([5.0]) == 0
+    fmt = PercentTickFormatter()
+    fmt.set_locs([97.5, 98.0, 98.5])
+    assert [fmt(x) for x in (97.5, 98.0)] == ["97.5%", "98.0%"]
+    assert fmt.format_data_short(97.512) == "97.512%"

@@ -10,6 +10,12 @@
 with common bin edges, and a table of the range, mean and second moment of each. The mean of a
 diagonal equals ``tr(H) / P`` like the first moment of the spectrum, but its spread does not match
 the second moment ``tr(H^2) / P`` (equation 10): the table shows it at a glance.
+
+The legend and the table are measured (as Agg draws them) against the axes as the figure's layout
+engine places it: side by side at the top when both fit, else one box (the table above the
+legend entries) in the upper right corner, else that box below the x label. The y-limits keep
+the data below the boxes, and are refitted at each draw (a panel filled later can shrink the
+axes).
 """
 
 from __future__ import annotations
@@ -25,12 +31,27 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnchoredText
 from matplotlib.ticker import NullLocator
+from matplotlib.transforms import ScaledTranslation
 
 from ..linalg.density import SpectralDensity
 from .spectrum import COLORS, _as_array, _as_density, read_spectrum
-from .style import OKABE_ITO, matrix_label
+from .style import (
+    OKABE_ITO,
+    artist_size_inches,
+    below_xaxis_inches,
+    keep_data_below,
+    laid_out_axes_size,
+    matrix_label,
+)
 
-__all__ = ["plot_comparison"]
+__all__ = ["PLACEMENTS", "plot_comparison"]
+
+#: Placements of the legend and the summary table (``plot_comparison(placement=...)``).
+PLACEMENTS = ("auto", "side", "stacked", "below")
+#: Horizontal room (inches) the boxes need besides their own width: pads and a gap.
+_BOX_MARGIN_IN = 0.2
+#: And some more: panels filled later (tick and axis labels) can narrow the axes a little.
+_SLACK_IN = 0.3
 
 #: Fill and edge colours of the diagonal histograms, in order (Okabe-Ito).
 _DIAGONAL_COLORS = (
@@ -76,6 +97,83 @@ def _summary_table(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
     return "\n".join(lines)
 
 
+_LEGEND = {"fontsize": "small", "framealpha": 0.9}
+_TABLE_FONT = {"size": "x-small", "family": "monospace"}
+
+
+def _table_box(text: str, loc: str) -> AnchoredText:
+    box = AnchoredText(text, loc=loc, prop=_TABLE_FONT, frameon=True)
+    box.patch.set_alpha(0.9)
+    box.patch.set_boxstyle("round,pad=0.3")
+    box.set_zorder(5)
+    return box
+
+
+def _place_boxes(
+    ax: Axes, handles: list[Any] | None, table: str | None, placement: str
+) -> list[Any]:
+    """Draw the legend (``handles``) and the summary ``table`` where they fit.
+
+    Returns:
+        The boxes drawn in the upper part of the axes (none when below the axes).
+    """
+    width_in, _ = laid_out_axes_size(ax)
+    if handles is None and table is None:
+        return []
+    leg = box = None
+    sizes = []
+    if handles is not None:
+        leg = ax.legend(handles=handles, loc="upper right", **_LEGEND)
+        leg.set_zorder(5)
+        sizes.append(artist_size_inches(leg))
+    if table is not None:
+        box = _table_box(table, "upper left")
+        ax.add_artist(box)
+        sizes.append(artist_size_inches(box))
+    if placement == "auto":
+        placement = "below"
+        room = width_in - _SLACK_IN
+        if sum(w for w, _ in sizes) + _BOX_MARGIN_IN * len(sizes) <= room:
+            placement = "side"
+        elif len(sizes) == 2 and max(w for w, _ in sizes) + _BOX_MARGIN_IN <= room:
+            placement = "stacked"
+    if placement == "side" or (placement == "stacked" and len(sizes) == 1):
+        return [b for b in (leg, box) if b is not None]
+    # one box: the table as the legend's title, in the corner or under the x label
+    if leg is not None:
+        leg.remove()
+    if box is not None:
+        box.remove()
+    kwargs: dict[str, Any] = {"loc": "upper right"}
+    if placement == "below":
+        fig = ax.get_figure(root=True)
+        drop = ScaledTranslation(0.0, -(below_xaxis_inches(ax) + 0.05), fig.dpi_scale_trans)
+        kwargs = {
+            "loc": "upper center",
+            "bbox_to_anchor": (0.5, 0.0),
+            "bbox_transform": ax.transAxes + drop,
+            "borderaxespad": 0.0,
+        }
+    labels = [h.get_label() for h in handles or []]
+    for attempt in range(2):
+        leg = ax.legend(
+            handles=handles or [],
+            labels=labels,
+            title=table,
+            title_fontproperties=_TABLE_FONT,
+            alignment="left",
+            **kwargs,
+            **_LEGEND,
+        )
+        leg.set_zorder(5)
+        if attempt or artist_size_inches(leg)[0] + _BOX_MARGIN_IN <= width_in:
+            break
+        # wider than the axes: the labels on two lines ("X (P=500):" / "bar masses sum to 1")
+        leg.remove()
+        labels = [lab.replace(": ", ":\n", 1) for lab in labels]
+    return [] if placement == "below" else [leg]
+
+
 def plot_comparison(
     density: SpectralDensity | str | os.PathLike | Any,
     *,
@@ -89,6 +187,7 @@ def plot_comparison(
     diagonal_label: str = "diagonal approximation",
     show_summary: bool = True,
     legend: bool = True,
+    placement: str = "auto",
 ) -> Figure:
     r"""Lanczos density, exact eigenvalues and a diagonal approximation on one axis (Figure 5).
 
@@ -111,6 +210,13 @@ def plot_comparison(
         diagonal_label: legend label of a single diagonal (default: its ``.name`` if it has one).
         show_summary: a table of range, mean and second moment of each distribution.
         legend: draw a legend.
+        placement: where the legend and the table go (:data:`PLACEMENTS`): ``"side"`` the
+            table in the upper left corner and the legend in the upper right one; ``"stacked"``
+            one box in the upper right corner, the table above the legend entries;
+            ``"below"`` that box under the axes, below the x label. ``"auto"`` (default)
+            measures the boxes and the laid-out axes and takes the first that fits: side by
+            side, stacked, below. In the last two the table is the legend's title
+            (``ax.get_legend().get_title().get_text()``).
 
     Returns:
         The :class:`matplotlib.figure.Figure`.
@@ -123,6 +229,8 @@ def plot_comparison(
     density = _as_density(density)
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     exact = None if exact_eigenvalues is None else _as_array("exact_eigenvalues", exact_eigenvalues)
     diags = _diagonals(diagonal, diagonal_label)
     if exact is None and not diags:
@@ -179,31 +287,15 @@ def plot_comparison(
         handles.append(bars)
         masses.append(np.histogram(values, bins=edges)[0] / values.size)
 
-    # -- vertical range, with room at the top for the legend and the table -----------------------
     all_masses = np.concatenate(masses)
     top = float(all_masses.max())
-    n_lines = (1 + len(handles)) if legend else 0
-    table_lines = (2 + (exact is not None) + len(diags)) if show_summary else 0
-    height_in = max(0.85 * ax.get_position().height * fig.get_figheight(), 0.5)
-    free = float(np.clip((0.17 * (n_lines + table_lines) + 0.3) / height_in, 0.2, 0.65))
+    floor = float(all_masses[all_masses > 0].min()) / 2.0  # log scale: where bars and stems start
     if log_scale:
-        positive = all_masses[all_masses > 0]
-        floor = float(positive.min()) / 2.0
-        ax.set_yscale("log")
-        bottom = floor / 1.5
-        decades = np.log10(top / bottom) + 0.05
-        ax.set_ylim(bottom, top * 10 ** (0.05 + decades * free / (1.0 - free)))
-        # ticks only where masses can be (<= 1): the space above holds the legend and table
-        lo_exp, hi_exp = math.ceil(np.log10(bottom)), math.floor(np.log10(max(top, 1.0)))
-        step = max(1, math.ceil((hi_exp - lo_exp + 1) / 6))
-        ax.set_yticks([10.0**e for e in range(hi_exp, lo_exp - 1, -step)])
-        ax.yaxis.set_minor_locator(NullLocator())
         stems = ax.stem(
             nodes, np.maximum(weights, floor), bottom=floor, linefmt="-", markerfmt="o", basefmt=" "
         )
     else:
         stems = ax.stem(nodes, weights, linefmt="-", markerfmt="o", basefmt=" ")
-        ax.set_ylim(0.0, 1.03 * top / (1.0 - free))
     stems.markerline.set_color(COLORS["stem"])
     stems.markerline.set_markersize(4.5)
     stems.markerline.set_zorder(4)
@@ -231,11 +323,13 @@ def plot_comparison(
         title = "Lanczos density vs " + " vs ".join(others)
         if name and name != "operator":
             title = f"{name}: {title}"
-        title = "\n".join(textwrap.wrap(title, 70))
+        # wrapped to the axes (a "large" title: about 10 characters per inch)
+        chars = max(30, min(70, int(10 * laid_out_axes_size(ax)[0])))
+        title = "\n".join(textwrap.wrap(title, chars))
     ax.set_title(title)
-    if legend:
-        leg = ax.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.9)
-        leg.set_zorder(5)
+
+    # -- legend and table: side by side, stacked in one box, or below the axes ------------------
+    table_text = None
     if show_summary:
         uniform = [(lab, v, np.full(v.size, 1.0 / v.size)) for lab, v in diags]
         if len(diags) == 1 and diags[0][0] == "diagonal approximation":
@@ -243,14 +337,24 @@ def plot_comparison(
         table = [("Lanczos", nodes, weights)]
         if exact is not None:
             table.append(("exact", exact, np.full(exact.size, 1.0 / exact.size)))
-        box = AnchoredText(
-            _summary_table(table + uniform),
-            loc="upper left",
-            prop={"size": "x-small", "family": "monospace"},
-            frameon=True,
-        )
-        box.patch.set_alpha(0.9)
-        box.patch.set_boxstyle("round,pad=0.3")
-        box.set_zorder(5)
-        ax.add_artist(box)
+        table_text = _summary_table(table + uniform)
+    boxes = _place_boxes(ax, handles if legend else None, table_text, placement)
+
+    # -- vertical range, with room at the top for the boxes drawn inside the axes ----------------
+    if log_scale:
+        bottom = floor / 1.5
+        ax.set_yscale("log")
+        decades = np.log10(top / bottom) + 0.05
+
+        def limits(free: float) -> tuple[float, float]:
+            return bottom, top * 10 ** (0.05 + decades * free / (1.0 - free))
+
+        # ticks only where masses can be (<= 1): the space above holds the legend and table
+        lo_exp, hi_exp = math.ceil(np.log10(bottom)), math.floor(np.log10(max(top, 1.0)))
+        step = max(1, math.ceil((hi_exp - lo_exp + 1) / 6))
+        ax.set_yticks([10.0**e for e in range(hi_exp, lo_exp - 1, -step)])
+        ax.yaxis.set_minor_locator(NullLocator())
+        keep_data_below(ax, boxes, limits)
+    else:
+        keep_data_below(ax, boxes, lambda free: (0.0, 1.03 * top / (1.0 - free)))
     return fig

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import PercentFormatter
 
 from ..analysis.landscape import LandscapeResult
-from .style import PALETTE
+from .style import PALETTE, PercentTickFormatter
 
 __all__ = ["LANDSCAPE_COLORS", "plot_loss_landscape"]
 
@@ -148,7 +147,7 @@ def _plot_1d(
         name = "training" if part == "train" else "test"
         if metric == "accuracy":
             ax.set_ylabel(f"{name} accuracy")
-            ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+            ax.yaxis.set_major_formatter(PercentTickFormatter())  # decimals follow the ticks
         else:
             ax.set_ylabel(f"{name} loss")
         ax.set_title(f"{name.capitalize()} {metric}")

@@ -12,6 +12,13 @@ and, on a linear axis, with the stems):
 * a reference density (a limiting law such as the semicircle) times the bin width, and atoms;
 * a Gaussian-kernel smoothed density, labelled as biasing the moments (Theorem 5).
 
+With the (default) logarithmic weight axis these go on a linear mass axis on the right,
+``ax.mass_axis`` (also ``fig.mass_axis``). An atom (half of the eigenvalues at zero for
+Marcenko-Pastur with ``q > 1``, the zero eigenvalues of a Hessian) would flatten the rest of the
+histogram: when at most three bars hold over :data:`MASS_CLIP_RATIO` times the mass of all the
+others, the axis is limited to the rest and those bars are cut at its top, their masses written
+there. ``mass_scale="log"`` shows everything without clipping, ``mass_ylim`` sets the limits.
+
 Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot state, nothing
 opens a window or blocks, it works without a display. Colours are the Okabe-Ito palette, which
 stays distinguishable under the common colour-vision deficiencies.
@@ -32,13 +39,21 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnchoredText
 from matplotlib.ticker import NullLocator
+from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
 
 from ..io import atomic_write_bytes
 from ..io.results import result_paths
 from ..linalg.density import SpectralDensity
 from .style import OKABE_ITO, matrix_label
 
-__all__ = ["COLORS", "SPECTRUM_MODES", "plot_spectrum", "read_spectrum", "save_figure"]
+__all__ = [
+    "COLORS",
+    "MASS_CLIP_RATIO",
+    "SPECTRUM_MODES",
+    "plot_spectrum",
+    "read_spectrum",
+    "save_figure",
+]
 
 #: Okabe-Ito colour-blind-safe palette.
 COLORS: dict[str, str] = {
@@ -54,6 +69,14 @@ COLORS: dict[str, str] = {
 ZERO_TOL = 1e-3
 
 _FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+#: The linear mass axis is clipped to the bulk when its largest bars (or atoms) hold more than
+#: this many times the mass of the largest remaining bar and of the reference curve.
+MASS_CLIP_RATIO = 5.0
+#: At most this many bars and atoms are clipped: more is not "an atom", the axis stays whole.
+_MAX_CLIPPED = 3
+#: The cut is this factor above the bulk: the clipped bars stick out of the bulk visibly.
+_CUT_ABOVE_BULK = 1.25
 
 #: Modes of ``plot_spectrum(mode, path=...)``: the stem plot, stems with a kernel-smoothed
 #: curve, and the cumulative spectral mass (a step function).
@@ -162,6 +185,102 @@ def _axes_size_inches(ax: Axes) -> tuple[float, float]:
     return pos.width * fig.get_figwidth(), max(0.85 * pos.height * fig.get_figheight(), 0.5)
 
 
+def _bulk_top(masses: np.ndarray, floor: float) -> float | None:
+    """Top of the bulk when at most :data:`_MAX_CLIPPED` values dominate ``masses``, else None.
+
+    ``floor`` is a height the bulk reaches anyway (the reference curve): never clipped.
+    """
+    v = np.sort(masses[np.isfinite(masses) & (masses > 0)])[::-1]
+    for k in range(1, min(_MAX_CLIPPED, v.size) + 1):
+        rest = max(float(v[k]) if k < v.size else 0.0, floor)
+        if rest > 0 and v[k - 1] > MASS_CLIP_RATIO * rest:
+            return rest
+    return None
+
+
+def _clip_to_cut(mass_ax: Axes, artist: Any, cut: float) -> None:
+    """Clip ``artist`` of ``mass_ax`` (a linear axis from 0) at the height ``cut``."""
+    trans = blended_transform_factory(mass_ax.transAxes, mass_ax.transData)
+    artist.set_clip_box(TransformedBbox(Bbox([[0.0, 0.0], [1.0, cut]]), trans))
+
+
+def _mark_clipped(
+    mass_ax: Axes,
+    bars: Any,
+    bar_masses: np.ndarray,
+    atoms: list[tuple[float, float]],
+    cut: float,
+    xlim: tuple[float, float],
+) -> list[tuple[float, str]]:
+    """Cut the bars above ``cut``, write their masses next to the cut; ``[(x, text)]`` written."""
+    groups: list[list[float]] = []  # [x0, x1, bar masses...] of runs of adjacent clipped bins
+    if bars is not None:
+        last = -2
+        for i, (patch, mass) in enumerate(zip(bars.patches, bar_masses, strict=True)):
+            if mass <= cut:
+                continue
+            _clip_to_cut(mass_ax, patch, cut)
+            x0, x1 = patch.get_x(), patch.get_x() + patch.get_width()
+            if i == last + 1:
+                groups[-1][1] = x1
+                groups[-1].append(float(mass))
+            else:
+                groups.append([x0, x1, float(mass)])
+            last = i
+    notes = [[g[0], g[1], "mass " + ", ".join(f"{m:.3g}" for m in g[2:])] for g in groups]
+    for loc, mass in atoms:
+        if mass <= cut:
+            continue
+        where = next((k for k, g in enumerate(groups) if g[0] <= loc <= g[1]), None)
+        if where is None:
+            notes.append([loc, loc, f"atom {mass:.3g}"])
+        else:
+            notes[where][2] += f" (law: {mass:.3g})"
+    written = []
+    lo, hi = xlim
+    for x0, x1, text in notes:
+        # beside the bar, not over it (a stem may stand on it); on its left near the right edge
+        right = (x1 - lo) / (hi - lo) < 0.75
+        x = x1 if right else x0
+        label = mass_ax.annotate(
+            f"↑ {text}",
+            xy=(x, cut),
+            xytext=(3 if right else -3, 1),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="bottom",
+            fontsize="small",
+            color=OKABE_ITO["blue"],
+            annotation_clip=False,
+        )
+        label.set_gid("clipped mass")
+        written.append((float(x), f"↑ {text}"))
+    return written
+
+
+def _check_mass_options(
+    mass_ylim: Any, mass_scale: str, log_weights: bool
+) -> tuple[float, float] | None:
+    if mass_scale not in ("linear", "log"):
+        raise ValueError(f"mass_scale must be 'linear' or 'log', got {mass_scale!r}")
+    if mass_scale == "log" and not log_weights:
+        raise ValueError(
+            "mass_scale='log' needs the mass on its own axis: keep log_weights=True (the stems "
+            "then use the left axis, the histogram and curves a logarithmic right axis)"
+        )
+    if mass_ylim is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in mass_ylim)
+    except (TypeError, ValueError):
+        raise ValueError(f"mass_ylim must be a pair (low, high), got {mass_ylim!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"mass_ylim must be finite with low < high, got {mass_ylim!r}")
+    if mass_scale == "log" and lo <= 0:
+        raise ValueError(f"a logarithmic mass axis needs mass_ylim[0] > 0, got {lo}")
+    return lo, hi
+
+
 def _summary_text(density: SpectralDensity) -> str:
     n_probes = len(np.unique(density.probe_index))
     tol = ZERO_TOL * float(np.abs(density.nodes).max())
@@ -196,6 +315,9 @@ def plot_spectrum(
     legend: bool = True,
     rug: Any = None,
     rug_label: str = "marked eigenvalues",
+    mass_ylim: tuple[float, float] | None = None,
+    mass_scale: str = "linear",
+    clip_mass: bool = True,
 ) -> Figure:
     r"""Stem plot of a discrete spectral density :math:`\sum_i w_i \delta(\lambda - \theta_i)`.
 
@@ -237,9 +359,23 @@ def plot_spectrum(
         rug: values to mark with ticks along the bottom of the axes (e.g. known outliers, or
             eigenvalues from ``eigsh``), to see which ones have a Ritz value on them.
         rug_label: legend label of ``rug``.
+        mass_ylim: ``(low, high)`` limits of the mass axis (the histogram's and curves'),
+            instead of the automatic ones.
+        mass_scale: ``"linear"`` (default) or ``"log"`` mass axis (needs ``log_weights``):
+            on a log axis an atom and the bulk are both visible without clipping.
+        clip_mass: on a linear mass axis without ``mass_ylim``, when at most three bars or
+            atoms hold more than :data:`MASS_CLIP_RATIO` times the mass of every other bar
+            and of the reference curve (an atom at zero: Marcenko-Pastur with ``q > 1``, the
+            zero eigenvalues of a Hessian), limit the axis to the rest, cut those bars at its
+            top and write their masses next to it (``"↑ mass 0.5"``; an atom of the law clipped
+            with them is drawn at the cut and its mass written as ``"(law: 0.5)"``). With
+            ``log_weights=False`` the stems share the mass axis and it is never clipped.
 
     Returns:
-        The :class:`matplotlib.figure.Figure` holding the plot.
+        The :class:`matplotlib.figure.Figure` holding the plot. The axes holding the mass
+        (the histogram and curves: the right-hand twin axis with ``log_weights``, else the
+        stems' axis; ``None`` without any) is the attribute ``mass_axis`` of the stems' axes
+        and of the figure (``fig.mass_axis``: that of the last ``plot_spectrum`` into it).
     """
     mode, file_meta = "lanczos", None
     if isinstance(density, (str, os.PathLike)):
@@ -282,6 +418,7 @@ def plot_spectrum(
     exact = None if exact_eigenvalues is None else _as_array("exact_eigenvalues", exact_eigenvalues)
     atoms = [] if reference_atoms is None else [(float(a), float(m)) for a, m in reference_atoms]
     marks = None if rug is None else _as_array("rug", rug)
+    mass_ylim = _check_mass_options(mass_ylim, mass_scale, log_weights)
 
     if ax is None:
         fig = Figure(figsize=(7.0, 4.5), layout="constrained")
@@ -302,8 +439,28 @@ def plot_spectrum(
     edges = np.linspace(lo, hi, int(bins) + 1)
     width = float(edges[1] - edges[0])
 
-    # -- room at the top for the legend and the summary box ---------------------------------
+    # -- masses: bars, atoms, the reference curve; is the axis clipped to the bulk? -------------
     has_mass = exact is not None or reference is not None or smooth_sigma is not None or atoms
+    grid = np.linspace(lo, hi, 1200)
+    ref_values = None
+    if reference is not None:
+        ref_values = np.asarray(reference(grid), dtype=np.float64) * width
+    bar_masses = np.zeros(0)
+    if exact is not None:
+        bar_masses = np.histogram(exact, bins=edges)[0] / exact.size
+    bulk = None
+    if has_mass and log_weights and clip_mass and mass_scale == "linear" and mass_ylim is None:
+        finite_ref = ref_values[np.isfinite(ref_values)] if ref_values is not None else []
+        ref_top = float(np.max(finite_ref)) if len(finite_ref) else 0.0
+        bulk = _bulk_top(np.concatenate([bar_masses, [m for _, m in atoms]]), ref_top)
+
+    if mass_ylim is not None and not has_mass:
+        raise ValueError(
+            "mass_ylim limits the axis of exact_eigenvalues, reference, reference_atoms or "
+            "smooth_sigma: give one of them, or set the stems' axis with ax.set_ylim"
+        )
+
+    # -- room at the top for the legend and the summary box ---------------------------------
     n_entries = 1 + (exact is not None) + (reference is not None) + bool(atoms)
     n_entries += (smooth_sigma is not None) + (marks is not None)
     width_in, height_in = _axes_size_inches(ax)
@@ -313,14 +470,18 @@ def plot_spectrum(
     )
     if side_by_side and legend and show_summary:
         n_lines = max(n_entries, len(_summary_text(density).splitlines()))
+    n_lines += bulk is not None  # the masses of the clipped bars, above the cut
     # fraction of the axes height left empty above the data: ~0.16 inch per text line
     free = 0.05 if n_lines == 0 else float(np.clip((0.16 * n_lines + 0.25) / height_in, 0.15, 0.6))
 
     # -- overlays in "mass per bin" -------------------------------------------------------------
     handles: list[Any] = []
     mass_ax = None
+    bars = None
     if has_mass:
         mass_ax = ax.twinx() if log_weights else ax
+        if mass_scale == "log":
+            mass_ax.set_yscale("log")
         if exact is not None:
             *_, bars = mass_ax.hist(
                 exact,
@@ -333,20 +494,20 @@ def plot_spectrum(
             )
             bars.set_label(f"exact eigenvalues (P={exact.size})")
             handles.append(bars)
-        grid = np.linspace(lo, hi, 1200)
-        if reference is not None:
+        if ref_values is not None:
             (line,) = mass_ax.plot(
                 grid,
-                np.asarray(reference(grid), dtype=np.float64) * width,
+                ref_values,
                 color=COLORS["reference"],
                 linewidth=1.4,
                 label=reference_label,
             )
             handles.append(line)
+        cut = None if bulk is None else _CUT_ABOVE_BULK * bulk
         for k, (loc, mass) in enumerate(atoms):
             (pt,) = mass_ax.plot(
                 [loc],
-                [mass],
+                [mass if cut is None else min(mass, cut)],  # a clipped atom: at the cut
                 linestyle="none",
                 marker="D",
                 markersize=7,
@@ -366,11 +527,20 @@ def plot_spectrum(
                 label=f"kernel-smoothed, σ={smooth_sigma:.3g} (biases moments, Thm 5)",
             )
             handles.append(sm)
-        mass_ax.set_ylim(bottom=0.0)
+            if cut is not None:
+                _clip_to_cut(mass_ax, sm, cut)
         if log_weights:
-            mass_ax.set_ylabel(f"mass per bin (bin width {width:.3g})")
-        data_top = mass_ax.get_ylim()[1]
-        mass_ax.set_ylim(0.0, data_top / (1.0 - free))
+            log_note = ", log scale" if mass_scale == "log" else ""
+            mass_ax.set_ylabel(f"mass per bin (bin width {width:.3g}{log_note})")
+        if mass_scale == "log":
+            _log_mass_limits(mass_ax, exact, bar_masses, atoms, ref_values, free)
+        elif cut is not None:
+            _mark_clipped(mass_ax, bars, bar_masses, atoms, cut, (lo, hi))
+            mass_ax.set_ylim(0.0, cut / (1.0 - free))
+        else:
+            mass_ax.set_ylim(bottom=0.0)
+            data_top = mass_ax.get_ylim()[1]
+            mass_ax.set_ylim(0.0, data_top / (1.0 - free))
 
     # -- stems ----------------------------------------------------------------------------------
     wmax = float(weights.max())
@@ -446,7 +616,43 @@ def plot_spectrum(
         box.patch.set_alpha(0.9)
         box.patch.set_boxstyle("round,pad=0.3")
         ax.add_artist(box)
+    if mass_ylim is not None:
+        mass_ax.set_ylim(*mass_ylim)
+    ax.mass_axis = mass_ax
+    fig.mass_axis = mass_ax
     return fig
+
+
+def _log_mass_limits(
+    mass_ax: Axes,
+    exact: np.ndarray | None,
+    bar_masses: np.ndarray,
+    atoms: list[tuple[float, float]],
+    ref_values: np.ndarray | None,
+    free: float,
+) -> None:
+    """Limits of a logarithmic mass axis: from below the smallest bar to above the largest."""
+    values = [bar_masses, np.array([m for _, m in atoms])]
+    if ref_values is not None:
+        values.append(ref_values[np.isfinite(ref_values)])
+    data = np.concatenate(values)
+    data = data[data > 0]
+    if data.size == 0:
+        return
+    top = float(data.max())
+    # one eigenvalue's bar is 1/P: the smallest non-empty bar; else three decades or the atoms
+    if exact is not None:
+        bottom = 0.5 / exact.size
+    else:
+        bottom = min([top * 1e-3] + [m / 2.0 for _, m in atoms if m > 0])
+    # ticks only where masses can be (<= 1): the space above holds the legend
+    lo_exp, hi_exp = math.ceil(np.log10(bottom)), math.floor(np.log10(top))
+    hi_exp = min(hi_exp + 1, 0) if top > 10.0**hi_exp else hi_exp
+    step = max(1, math.ceil((hi_exp - lo_exp + 1) / 6))
+    mass_ax.set_yticks([10.0**e for e in range(hi_exp, lo_exp - 1, -step)])
+    mass_ax.yaxis.set_minor_locator(NullLocator())
+    decades = np.log10(top / bottom) + 0.05
+    mass_ax.set_ylim(bottom, top * 10 ** (0.05 + decades * free / (1.0 - free)))
 
 
 def _plot_cdf(

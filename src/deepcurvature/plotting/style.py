@@ -8,12 +8,30 @@ told apart also differ in line style or marker, so that the figures read in grey
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import Formatter
 
-__all__ = ["OKABE_ITO", "PALETTE", "log_scale_fits", "matrix_label", "new_figure"]
+__all__ = [
+    "OKABE_ITO",
+    "PALETTE",
+    "PercentTickFormatter",
+    "artist_size_inches",
+    "below_xaxis_inches",
+    "free_fraction",
+    "keep_data_below",
+    "laid_out_axes_size",
+    "log_scale_fits",
+    "matrix_label",
+    "new_figure",
+    "percent_decimals",
+]
 
 #: The eight Okabe-Ito colours by name.
 OKABE_ITO: dict[str, str] = {
@@ -74,3 +92,150 @@ def log_scale_fits(values: Sequence[float] | np.ndarray, decades: float = 1.0) -
 def new_figure(width: float, height: float) -> Figure:
     """A :class:`~matplotlib.figure.Figure` with the constrained layout (no pyplot state)."""
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def laid_out_axes_size(ax: Axes) -> tuple[float, float]:
+    """``(width, height)`` of ``ax`` in inches, as the figure's layout engine places it now.
+
+    With a layout engine (``layout="constrained"``...), the figure is laid out first (a draw
+    without output) so that the size is the one the axes will have, not the figure's default
+    subplot parameters (which are about an inch narrower). Artists added later (colour bars,
+    more subplots) can still shrink the axes.
+    """
+    fig = ax.get_figure(root=True)
+    if fig.get_layout_engine() is not None:
+        fig.draw_without_rendering()
+    pos = ax.get_position()
+    return pos.width * fig.get_figwidth(), pos.height * fig.get_figheight()
+
+
+def _renderer(fig: Figure) -> RendererAgg:
+    """A renderer measuring text as the Agg backend draws it (no canvas is touched)."""
+    return RendererAgg(1, 1, fig.dpi)
+
+
+def artist_size_inches(artist: Artist) -> tuple[float, float]:
+    """``(width, height)`` in inches of a legend, an anchored box or a text, as drawn."""
+    fig = artist.get_figure(root=True)
+    bbox = artist.get_window_extent(_renderer(fig))
+    return bbox.width / fig.dpi, bbox.height / fig.dpi
+
+
+def below_xaxis_inches(ax: Axes) -> float:
+    """Distance in inches from the bottom of ``ax`` to the bottom of its tick labels and label."""
+    fig = ax.get_figure(root=True)
+    bbox = ax.xaxis.get_tightbbox(_renderer(fig))
+    if bbox is None:
+        return 0.0
+    return max(0.0, (ax.bbox.y0 - bbox.y0) / fig.dpi)
+
+
+class _Headroom(Artist):
+    """Draws nothing: before the other artists of its axes, sets the y-limits from the boxes.
+
+    See :func:`keep_data_below`.
+    """
+
+    def __init__(
+        self,
+        ax: Axes,
+        boxes: Sequence[Artist],
+        limits: Callable[[float], tuple[float, float]],
+        pad_in: float,
+    ) -> None:
+        super().__init__()
+        self._target, self._boxes, self._limits, self._pad_in = ax, list(boxes), limits, pad_in
+        self.set_zorder(-1e9)  # first of the axes' artists: the others see the new limits
+        self.set_in_layout(False)
+        self.free = free_fraction(0.0, 1.0)
+        self._set = ax.get_ylim()
+
+    def fit(self, box_in: float, height_in: float) -> None:
+        """Set the limits for boxes ``box_in`` inches tall in an axes ``height_in`` tall."""
+        self.free = free_fraction(box_in + self._pad_in, height_in)
+        self._target.set_ylim(*self._limits(self.free))
+        self._set = self._target.get_ylim()
+
+    def draw(self, renderer: Any) -> None:
+        """Refit to the axes as laid out, unless the limits were set by hand since."""
+        if not self.get_visible() or self._target.get_ylim() != self._set:
+            return
+        boxes = [b for b in self._boxes if b.get_visible() and b.axes is self._target]
+        if not boxes:
+            return
+        box_in = max(b.get_window_extent(renderer).height for b in boxes) / renderer.dpi
+        height_in = self._target.bbox.height / renderer.dpi
+        if abs(free_fraction(box_in + self._pad_in, height_in) - self.free) > 2e-3:
+            self.fit(box_in, height_in)  # once settled, nothing changes: no redraw is asked
+
+
+def free_fraction(box_in: float, height_in: float) -> float:
+    """Fraction of an axes ``height_in`` tall to leave above the data for boxes ``box_in`` tall."""
+    return float(np.clip(box_in / max(height_in, 0.5), 0.05, 0.7))
+
+
+def keep_data_below(
+    ax: Axes,
+    boxes: Sequence[Artist],
+    limits: Callable[[float], tuple[float, float]],
+    *,
+    pad_in: float = 0.1,
+) -> float:
+    """Keep the data of ``ax`` below ``boxes`` (legend, text boxes in its upper part).
+
+    ``limits(free)`` gives the y-limits leaving the fraction ``free`` of the height above the
+    data. They are set now, from the boxes' sizes and the axes' laid-out size, and again at
+    each draw from the sizes as drawn (panels filled later, a legend put under a neighbour,
+    can shrink the axes) unless the limits were changed by hand in between.
+
+    Returns:
+        The fraction ``free`` used now.
+    """
+    keeper = _Headroom(ax, boxes, limits, pad_in)
+    _, height_in = laid_out_axes_size(ax)
+    keeper.fit(max((artist_size_inches(b)[1] for b in boxes), default=0.0), height_in)
+    ax.add_artist(keeper)
+    return keeper.free
+
+
+class PercentTickFormatter(Formatter):
+    """Tick labels in percent with as many decimals as the tick spacing needs.
+
+    The values are already in percent (``22.5`` is written ``22.5%``). Ticks 0.5 apart get
+    one decimal, 2.5 apart one, 5 apart none: labels never repeat (``"22%"`` for both 22.0 and
+    22.5) and carry no useless zeros (``"95.0%"``).
+    """
+
+    def __init__(self, max_decimals: int = 6) -> None:
+        self.max_decimals = int(max_decimals)
+        self.decimals = 0
+
+    def set_locs(self, locs: Sequence[float]) -> None:
+        """Choose the decimals for the ticks ``locs`` (called by the axis before formatting)."""
+        super().set_locs(locs)
+        self.decimals = percent_decimals(locs, self.max_decimals)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        """The label of the tick at ``x`` (in percent)."""
+        return f"{x:.{self.decimals}f}%"
+
+    def format_data_short(self, value: float) -> str:
+        """The cursor's value (interactive backends): two decimals more than the ticks."""
+        return f"{value:.{self.decimals + 2}f}%"
+
+
+def percent_decimals(locs: Sequence[float] | np.ndarray, max_decimals: int = 6) -> int:
+    """Fewest decimals that write every tick of ``locs`` exactly (to 1/1000 of their spacing)."""
+    arr = np.sort(np.asarray(locs, dtype=np.float64))
+    arr = arr[np.isfinite(arr)]
+    if arr.size < 2:
+        return 0
+    steps = np.diff(arr)
+    steps = steps[steps > 0]
+    if steps.size == 0:
+        return 0
+    tol = 1e-3 * float(steps.min())
+    for d in range(max_decimals + 1):
+        if np.all(np.abs(arr - np.round(arr, d)) <= tol):
+            return d
+    return max_decimals
