@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..analysis.spectrum import SpectrumResult, spectrum
+from ._network import build_network, evaluation_data
 
 __all__ = ["CURVATURE_MATRICES", "compute_eigenspectrum", "resolve_device"]
 
@@ -96,10 +97,6 @@ def compute_eigenspectrum(
     Returns:
         The :class:`SpectrumResult` (also written to ``save_spectrum_path``).
     """
-    from ..data import load_data
-    from ..models import get_model
-    from ..training.checkpoint import load_checkpoint
-
     key = str(curvature_matrix).lower()
     if key not in CURVATURE_MATRICES:
         raise ValueError(
@@ -108,27 +105,18 @@ def compute_eigenspectrum(
         )
     matrix = CURVATURE_MATRICES[key]
     dev = resolve_device(device)
-    bundle = load_data(
+    bundle = evaluation_data(
         dataset,
         data_path,
         batch_size=batch_size,
-        augment=False,
-        shuffle_train=False,
-        subsample=num_subsamples,
-        seed=0 if subsample_seed is None else subsample_seed,
+        num_subsamples=num_subsamples,
+        subsample_seed=subsample_seed,
         download=download,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
-    net = get_model(
-        model,
-        num_classes=bundle.num_classes,
-        in_channels=bundle.in_channels,
-        input_size=bundle.input_size,
-        **(model_kwargs or {}),
+    net = build_network(
+        model, bundle, model_kwargs=model_kwargs, checkpoint_path=checkpoint_path, device=dev
     )
-    if checkpoint_path is not None:
-        load_checkpoint(checkpoint_path, net, map_location="cpu")
-    net = net.to(dev)
     res = spectrum(
         net,
         loss_fn or nn.CrossEntropyLoss(),

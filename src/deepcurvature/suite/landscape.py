@@ -11,6 +11,7 @@ from torch import nn
 
 from ..analysis.landscape import LandscapeResult, loss_landscape
 from ..analysis.spectrum import SpectrumResult
+from ._network import build_network, evaluation_data
 from .eigenspectrum import resolve_device
 
 __all__ = ["build_loss_landscape"]
@@ -101,9 +102,7 @@ def build_loss_landscape(
     Returns:
         The :class:`LandscapeResult` (also written to ``save_path``).
     """
-    from ..data import load_data
-    from ..models import get_model
-    from ..training.checkpoint import load_checkpoint, read_checkpoint
+    from ..training.checkpoint import read_checkpoint
 
     spectrum = None
     spec_cfg: dict[str, Any] = {}
@@ -139,28 +138,19 @@ def build_loss_landscape(
         if subsample_seed is None:
             subsample_seed = spec_cfg.get("subsample_seed")
     dev = resolve_device(device)
-    bundle = load_data(
+    bundle = evaluation_data(
         dataset,
         data_path,
         batch_size=batch_size,
-        use_test=use_test,
-        augment=False,
-        shuffle_train=False,
-        subsample=num_subsamples,
-        seed=0 if subsample_seed is None else subsample_seed,
+        num_subsamples=num_subsamples,
+        subsample_seed=subsample_seed,
         download=download,
+        use_test=use_test,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
-    net = get_model(
-        model,
-        num_classes=bundle.num_classes,
-        in_channels=bundle.in_channels,
-        input_size=bundle.input_size,
-        **(model_kwargs or {}),
+    net = build_network(
+        model, bundle, model_kwargs=model_kwargs, checkpoint_path=checkpoint_path, device=dev
     )
-    if checkpoint_path is not None:
-        load_checkpoint(checkpoint_path, net, map_location="cpu")
-    net = net.to(dev)
     result = loss_landscape(
         net,
         loss_fn or nn.CrossEntropyLoss(),

@@ -33,6 +33,7 @@ from ..analysis.loss_stats import LossStats, loss_stats
 from ..io import atomic_write_text
 from ..io.results import json_default
 from ..linalg.probes import resolve_seed
+from ._network import evaluation_data
 from .eigenspectrum import resolve_device
 
 __all__ = ["LOSS_STATS_FORMAT", "compute_loss_stats", "read_loss_stats", "resolve_checkpoints"]
@@ -235,7 +236,6 @@ def compute_loss_stats(
         FileNotFoundError: a missing checkpoint or data set.
         ValueError: bad arguments (before anything is computed), a checkpoint that does not fit.
     """
-    from ..data import load_data
     from ..models import get_model
     from ..training.checkpoint import load_checkpoint, read_checkpoint
 
@@ -258,16 +258,14 @@ def compute_loss_stats(
     used_seed = resolve_seed(seed)
     dev = resolve_device(device)
 
-    bundle = load_data(
+    bundle = evaluation_data(
         dataset,
         data_path,
         batch_size=batch_size,
-        use_test=use_test,
-        augment=False,
-        shuffle_train=False,
-        subsample=num_subsamples,
-        seed=0 if subsample_seed is None else subsample_seed,
+        num_subsamples=num_subsamples,
+        subsample_seed=subsample_seed,
         download=download,
+        use_test=use_test,
     )
     first_cfg: dict[str, Any] = {}
     if checkpoints[0] is not None:

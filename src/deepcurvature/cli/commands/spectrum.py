@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import CommandError
+from ._common import train_briefly
 
 NAME = "spectrum"
 HELP = "learn the Hessian/GGN/Fisher spectrum of a network with Lanczos (the main job)"
@@ -114,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ...plotting import plot_spectrum, save_figure
     from ...suite import compute_eigenspectrum
-    from ...training import train_network
 
     settings = _validate(args)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("spectrum-%Y%m%d-%H%M%S")
@@ -127,24 +127,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = args.checkpoint
         if checkpoint is None:
-            if verbose:
-                console.print(
-                    f"No --checkpoint: training {settings['model']} on {settings['dataset']} "
-                    f"for {args.train_epochs} epochs first."
-                )
-            trained = train_network(
-                out / "train",
-                settings["dataset"],
-                args.data_path,
-                model=settings["model"],
-                epochs=args.train_epochs,
-                optimizer="SGD",
-                optimizer_kwargs={"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-                seed=args.seed,
-                device=args.device,
-                download=args.download,
-                verbose=verbose,
-                overwrite=True,
+            trained = train_briefly(
+                out, settings["model"], settings["dataset"], args, console, verbose
             )
             checkpoint = trained.final_checkpoint
         result = compute_eigenspectrum(

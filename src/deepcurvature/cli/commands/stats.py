@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError
+from ._common import train_briefly
 
 NAME = "stats"
 HELP = "loss, gradient-noise and Hessian/GGN-noise statistics of checkpoints (paper section 5)"
@@ -172,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ...suite.loss_stats import compute_loss_stats
-    from ...training import train_network
 
     settings = _validate(args)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("stats-%Y%m%d-%H%M%S")
@@ -183,24 +183,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         checkpoints: list[Path] = settings["checkpoints"]
         if not checkpoints:
-            if verbose:
-                console.print(
-                    f"No --checkpoint: training {settings['model']} on {settings['dataset']} "
-                    f"for {args.train_epochs} epochs first."
-                )
-            trained = train_network(
-                out / "train",
-                settings["dataset"],
-                args.data_path,
-                model=settings["model"],
-                epochs=args.train_epochs,
-                optimizer="SGD",
-                optimizer_kwargs={"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-                seed=args.seed,
-                device=args.device,
-                download=args.download,
-                verbose=verbose,
-                overwrite=True,
+            trained = train_briefly(
+                out, settings["model"], settings["dataset"], args, console, verbose
             )
             checkpoints = list(trained.checkpoints)
         results = compute_loss_stats(
