@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import CommandError
+from ._common import positive
 
 NAME = "landscape"
 HELP = "loss/accuracy along eigenvectors of a saved spectrum or random directions (1-D, 2-D)"
@@ -143,10 +144,8 @@ def _validate(args: argparse.Namespace) -> dict:
         raise CommandError(f"--dist must be a positive number, got {args.dist}")
     if args.n_points < 2:
         raise CommandError(f"--n-points must be at least 2, got {args.n_points}")
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.subsample is not None and args.subsample < 1:
-        raise CommandError(f"--subsample must be a positive integer, got {args.subsample}")
+    positive("--batch-size", args.batch_size)
+    positive("--subsample", args.subsample, allow_none=True)
     if args.directions is not None and args.plane is not None:
         raise CommandError("give either --directions (1-D) or --plane (2-D), not both")
     directions, plane = _specs(args.directions), _specs(args.plane)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import CommandError
-from ._common import train_briefly
+from ._common import add_curvature_options, positive, train_briefly
 
 NAME = "spectrum"
 HELP = "learn the Hessian/GGN/Fisher spectrum of a network with Lanczos (the main job)"
@@ -50,19 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=100, help="Lanczos steps m")
     p.add_argument("--probes", type=int, default=1, help="random probe vectors")
-    p.add_argument(
-        "--params",
-        nargs="+",
-        default=None,
-        metavar="PATTERN",
-        help="parameter names or glob patterns (e.g. 'features.*.weight')",
-    )
-    p.add_argument(
-        "--bn-mode",
-        choices=["eval", "train"],
-        default="eval",
-        help="batch norm: running statistics (eval) or batch statistics (train)",
-    )
+    add_curvature_options(p)
     p.add_argument("--batch-size", type=int, default=128, help="batch size of the data passes")
     p.add_argument("--subsample", type=int, default=None, help="use N random training samples")
     p.add_argument("--subsample-seed", type=int, default=0, help="seed of the subsample")
@@ -74,24 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise CommandError(f"{name} must be a positive integer, got {value}")
-
-
 def _validate(args: argparse.Namespace) -> dict:
     """Check every argument before anything is written; return the resolved settings."""
     from ...data.registry import dataset_description
     from ...models import model_info
     from ...training import read_checkpoint
 
-    _positive("--steps", args.steps)
-    _positive("--probes", args.probes)
-    _positive("--batch-size", args.batch_size)
-    _positive("--train-epochs", args.train_epochs)
-    _positive("--subsample", args.subsample, allow_none=True)
+    positive("--steps", args.steps)
+    positive("--probes", args.probes)
+    positive("--batch-size", args.batch_size)
+    positive("--train-epochs", args.train_epochs)
+    positive("--subsample", args.subsample, allow_none=True)
     ckpt_cfg: dict = {}
     if args.checkpoint is not None:
         if not Path(args.checkpoint).is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError
-from ._common import train_briefly
+from ._common import add_curvature_options, positive, train_briefly
 
 NAME = "stats"
 HELP = "loss, gradient-noise and Hessian/GGN-noise statistics of checkpoints (paper section 5)"
@@ -80,19 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="mini-batches M (default: one random partition of the data, N // B)",
     )
-    p.add_argument(
-        "--params",
-        nargs="+",
-        default=None,
-        metavar="PATTERN",
-        help="parameter names or glob patterns (e.g. 'features.*.weight')",
-    )
-    p.add_argument(
-        "--bn-mode",
-        choices=["eval", "train"],
-        default="eval",
-        help="batch norm: running statistics (eval) or batch statistics (train)",
-    )
+    add_curvature_options(p)
     p.add_argument(
         "--weights",
         choices=["model", "swa", "average"],
@@ -113,13 +101,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise CommandError(f"{name} must be a positive integer, got {value}")
-
-
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
     """Check every argument before anything is written; return the resolved settings."""
     from ...data.registry import dataset_description
@@ -127,11 +108,11 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     from ...suite.loss_stats import resolve_checkpoints
     from ...training import read_checkpoint
 
-    _positive("--probes", args.probes)
-    _positive("--batch-size", args.batch_size)
-    _positive("--train-epochs", args.train_epochs)
-    _positive("--num-batches", args.num_batches, allow_none=True)
-    _positive("--subsample", args.subsample, allow_none=True)
+    positive("--probes", args.probes)
+    positive("--batch-size", args.batch_size)
+    positive("--train-epochs", args.train_epochs)
+    positive("--num-batches", args.num_batches, allow_none=True)
+    positive("--subsample", args.subsample, allow_none=True)
     checkpoints: list[Path] = []
     ckpt_cfg: dict[str, Any] = {}
     if args.checkpoint is not None:
