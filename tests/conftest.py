@@ -25,3 +25,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small dense problems run fastest on one BLAS / torch thread on a shared machine."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)

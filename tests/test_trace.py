@@ -3,26 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 import deepcurvature as dc
+from _helpers import rotate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small dense problems run fastest on one BLAS / torch thread on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
-
-
-def rotate(d, seed):
-    rng = np.random.default_rng(seed)
-    U, _ = np.linalg.qr(rng.standard_normal((d.size, d.size)))
-    A = (U * d) @ U.T
-    return torch.as_tensor((A + A.T) / 2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_symmetric(P, seed):
