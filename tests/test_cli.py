@@ -1,18 +1,11 @@
 """The command line entry point, run for real as a subprocess."""
 
-import subprocess
-import sys
-
 import deepcurvature as dc
+from _helpers import cli as run_cli
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args)
 
 
 def test_version_and_help():

@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import matplotlib.image
 import numpy as np
@@ -13,19 +11,14 @@ from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnchoredText
 
 import deepcurvature as dc
+from _helpers import cli as run_cli
 from deepcurvature.demo import DEMO_FILES, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

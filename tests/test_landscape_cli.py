@@ -1,27 +1,19 @@
 """``deepcurvature landscape`` run for real: a subprocess on a real checkpoint and spectrum."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import deepcurvature as dc
+from _helpers import cli as run_cli
 from deepcurvature.cli.main import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", "landscape", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=ENV,
-    )
+    return run_cli("landscape", *args, cwd=cwd, env=ENV)
 
 
 @pytest.fixture(scope="module")

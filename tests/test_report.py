@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import deepcurvature as dc
+from _helpers import cli as run_cli
 from deepcurvature.cli.main import main
 from deepcurvature.io import save_npz_json
 from deepcurvature.report import detect_result, scan_run, write_report
@@ -26,13 +26,7 @@ EVIL = '<script>alert("x")</script> & <b>bold</b>'
 
 
 def cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

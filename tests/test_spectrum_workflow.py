@@ -1,8 +1,6 @@
 """The spectrum workflow on networks: compute_eigenspectrum and the `deepcurvature spectrum` job."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,16 +8,11 @@ import torch
 from torch import nn
 
 import deepcurvature as dc
+from _helpers import cli as run_cli
 
 
 def cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,16 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
+
+from _helpers import cli as run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", "stats", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=ENV,
-    )
+    return run_cli("stats", *args, cwd=cwd, env=ENV)
 
 
 def test_default_run_trains_briefly_then_measures_first_and_last_checkpoint(tmp_path):

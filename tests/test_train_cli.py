@@ -2,24 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from _helpers import cli as run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepcurvature.cli.main", "train", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=ENV,
-    )
+    return run_cli("train", *args, cwd=cwd, env=ENV)
 
 
 def test_no_arguments_trains_the_default_mlp_on_digits(tmp_path):
