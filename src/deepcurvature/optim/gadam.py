@@ -43,6 +43,12 @@ class IterateAveraging:
             group.setdefault("n_averaged", 0)
 
     @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """The base optimiser's step (Adam or AdamW), then the running average of the iterate."""
+        loss = super().step(closure)  # type: ignore[misc]
+        self._update_average()
+        return loss
+
     def _update_average(self) -> None:
         for group in self.param_groups:
             group["avg_step"] += 1
@@ -127,12 +133,6 @@ class Gadam(IterateAveraging, torch.optim.Adam):
         )
         self._init_averaging(average_start, average_start_epoch)
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """An Adam step, then the running average of the new iterate."""
-        loss = torch.optim.Adam.step(self, closure)
-        self._update_average()
-        return loss
-
 
 class GadamW(IterateAveraging, torch.optim.AdamW):
     """AdamW (decoupled weight decay) with iterate averaging; arguments as :class:`Gadam`."""
@@ -152,9 +152,3 @@ class GadamW(IterateAveraging, torch.optim.AdamW):
             self, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
         )
         self._init_averaging(average_start, average_start_epoch)
-
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """An AdamW step, then the running average of the new iterate."""
-        loss = torch.optim.AdamW.step(self, closure)
-        self._update_average()
-        return loss
