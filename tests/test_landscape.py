@@ -319,7 +319,7 @@ def test_filter_normalisation_matches_filter_norms():
         part = f[offset : offset + w.numel()]
         offset += w.numel()
         if w.ndim == 1:
-            assert float(part.norm()) == pytest.approx(float(w.norm()), rel=1e-12)
+            assert float(part.norm()) == pytest.approx(float(w.detach().norm()), rel=1e-12)
     with pytest.raises(ValueError, match="bias_bn"):
         dc.filter_normalize(raw, model, bias_bn="keep")
 

@@ -10,6 +10,7 @@ References use only torch.func / autograd on a deep copy of the model:
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -868,6 +869,9 @@ def test_automatic_block_width_follows_the_activation_size():
     op.matmat(torch.randn(op.num_params, 2, dtype=DT))
     assert op._activation_bytes < 2**12
     assert op._block_width(8, None, None, None) == 16
+    H = dc.hessian(small, loss_fn, split(inputs, targets))
+    H.matmat(torch.randn(H.num_params, 2, dtype=DT))
+    assert H._block_width(8, None, None, None) == 16  # small activations: vmapped columns
     big = nn.Sequential(
         nn.Conv2d(1, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 64, 2)
     ).double()
@@ -876,7 +880,54 @@ def test_automatic_block_width_follows_the_activation_size():
     op.matmat(torch.randn(op.num_params, 2, dtype=DT))
     assert op._activation_bytes >= 128 * 64 * 64 * 8  # (128, 64, 8, 8) float64 = 4 MiB
     assert op._block_width(8, None, None, None) == 4
-    assert dc.hessian(big, loss_fn, data)._block_width(8, None, None, None) == 1  # CPU: a loop
+    H = dc.hessian(big, loss_fn, data)
+    H.matmat(torch.randn(H.num_params, 2, dtype=DT))
+    assert H._block_width(8, None, None, None) == 1  # 4 MiB activations: one column at a time
+
+
+class _LegacySquare(torch.autograd.Function):
+    """``x |x|`` as an old-style autograd.Function (no setup_context: torch.func cannot vmap it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x.abs()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * g * x.abs()
+
+
+def test_hessian_falls_back_to_autograd_when_vmap_cannot_run_the_model():
+    class Legacy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.b(_LegacySquare.apply(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Legacy().double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, 4, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (N,), generator=g)
+    loss_fn = nn.CrossEntropyLoss()
+    op = dc.hessian(model, loss_fn, split(x, y))
+    theta = op.parameters_vector()
+
+    def loss(t):
+        p = dict(zip(op.param_names, op.unflatten(t), strict=True))
+        return loss_fn(functional_call(model, p, (x,)), y)
+
+    ref = torch.autograd.functional.hessian(loss, theta)
+    V = torch.randn(op.num_params, 4, generator=g, dtype=DT)
+    with pytest.warns(UserWarning, match="one at a time with torch.autograd"):
+        assert rel_err(op.matmat(V), ref @ V) <= 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per operator
+        assert rel_err(op.to_dense(), ref) <= 1e-10
 
 
 def test_tied_weights():

@@ -3,12 +3,15 @@
 The Hessian-vector product of a batch is the derivative of its gradient along ``v``,
 ``H v = d/dt grad L(theta + t v)`` (Pearlmutter's trick), computed exactly by one of two engines:
 
-* ``engine="reverse"`` (default): reverse-over-reverse. One forward and one backward pass with
-  ``create_graph=True`` per batch, shared by all ``k`` columns; then ``H v = d (g . v) / d theta``
-  as a backward pass through the gradient's graph, one per column on the CPU (measured fastest)
-  or one per block of up to 16 columns elsewhere (``torch.autograd.grad(...,
-  is_grads_batched=True)``, i.e. ``vmap`` over the cotangents). Works for every op PyTorch can
-  differentiate twice.
+* ``engine="reverse"`` (default): reverse-over-reverse. One forward and one backward pass that
+  keep their graph per batch, shared by all ``k`` columns; then ``H v = d (g . v) / d theta`` as
+  a backward pass through the gradient's graph. Columns are taken in blocks (see
+  :meth:`HessianOperator._auto_block_width`): a block of one column is a plain
+  ``torch.autograd.grad`` through the graph (the least overhead); a wider block uses
+  ``torch.func.vjp`` of ``torch.func.grad`` and ``vmap``-s the pullback over its columns
+  (batched matrix products, up to 1.7x cheaper per column for small activations). Works for
+  every op PyTorch can differentiate twice (the batched path also needs ``vmap`` support, as
+  the GGN does).
 * ``engine="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad`` over
   ``functional_call``, ``vmap``-ed over the ``k`` tangents. It needs forward-mode formulas for the
   backward of every op, which PyTorch lacks for some (e.g. ``huber_loss_backward``, custom
@@ -24,19 +27,23 @@ where the ``torch.func`` overhead dominates), and it works for more losses and l
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
-from .base import Block, CurvatureOperator, Tensors
+from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
 
 __all__ = ["HESSIAN_ENGINES", "HessianOperator", "hessian"]
 
 HESSIAN_ENGINES = ("reverse", "forward")
+#: bytes of a block's largest tensor (``width x`` the largest activation) for the reverse engine
+#: on the CPU
+CPU_HESSIAN_BLOCK_BYTES = 4 * 2**20
 
 
 class HessianOperator(CurvatureOperator):
@@ -55,6 +62,7 @@ class HessianOperator(CurvatureOperator):
             )
         super().__init__(*args, **kwargs)
         self.engine = engine
+        self._vmap_error: str | None = None  # set when the batched products failed once
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -62,10 +70,19 @@ class HessianOperator(CurvatureOperator):
         return {**super().metadata, "hvp_engine": self.engine}
 
     def _auto_block_width(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
-        # reverse-over-reverse on the CPU: one column at a time through the shared graph is
-        # fastest (a vmap-ed double backward costs more per column, benchmarks/hvp.py)
+        """Columns per ``vmap`` of the reverse engine on the CPU: up to 16 while small.
+
+        The block's tensors (``width x`` the largest activation) are kept below 4 MiB: in
+        ``benchmarks/hvp.py`` and ``benchmarks/hvp_blocks.py``, vmapped columns are up to 1.7x
+        cheaper than one at a time for small activations (an MLP on digits: 1.1 against 1.9
+        gradients per column at 16 columns), and up to 4x dearer once the block's tensors reach
+        tens of MiB (the CNN with batches of 128, which is best one column at a time).
+        """
         if self.engine == "reverse" and self.device.type == "cpu":
-            return 1
+            if self._activation_bytes is None:
+                self._activation_bytes = self._largest_activation(leaves, fixed, batch)
+            budget = CPU_HESSIAN_BLOCK_BYTES // max(1, self._activation_bytes)
+            return max(1, min(MAX_BLOCK, budget))
         return super()._auto_block_width(leaves, fixed, batch)
 
     def _batch_products(
@@ -85,9 +102,31 @@ class HessianOperator(CurvatureOperator):
     ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
         """Hessian products of every block on one batch, by reverse-over-reverse.
 
-        One forward and one backward pass (``create_graph=True``) are shared by every block;
-        then one backward pass through the gradient's graph per block.
+        One forward and one backward pass (with the graph kept) are shared by every block; then
+        one backward pass through the gradient's graph per block. Blocks of one column use plain
+        ``torch.autograd`` (the least overhead); when a block has several columns, the batch is
+        differentiated with ``torch.func.vjp`` of ``torch.func.grad`` and the pullback is
+        ``vmap``-ed over the block's columns (``H`` is symmetric, so the VJP of the gradient is
+        ``H v``).
         """
+        if self._vmap_error is not None or all(b.single is not None for b in blocks):
+            return self._autograd_products(blocks, fixed, batch)
+        try:
+            return self._vmapped_products(blocks, fixed, batch)
+        except (RuntimeError, NotImplementedError) as error:
+            # e.g. an old-style autograd.Function, which torch.func cannot transform: one
+            # column at a time through plain autograd instead (a genuine error recurs there)
+            self._vmap_error = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                "the Hessian's batched (vmap) products failed on this model, so its columns are "
+                f"computed one at a time with torch.autograd (slower): {self._vmap_error}",
+                stacklevel=2,
+            )
+            return self._autograd_products(blocks, fixed, batch)
+
+    def _autograd_products(
+        self, blocks: list[Block], fixed: Tensors, batch: Batch
+    ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
         names = self.layout.names
         first = blocks[0]
         leaves = [first.leaves[n] for n in names]
@@ -101,24 +140,45 @@ class HessianOperator(CurvatureOperator):
         if not live:
             return [[None] * len(names) for _ in blocks], value.detach()
         outputs = [grads[i] for i in live]
+        columns = [[b.single] if b.single is not None else _columns(b) for b in blocks]
+        remaining = sum(len(cols) for cols in columns)
         results = []
-        for j, block in enumerate(blocks):
-            keep = j < len(blocks) - 1
-            if block.single is not None:
-                cot = [block.single[names[i]] for i in live]
-                hv = torch.autograd.grad(outputs, leaves, cot, retain_graph=keep, allow_unused=True)
-            else:
-                cot = [block.tangents[names[i]] for i in live]
+        for block, cols in zip(blocks, columns, strict=True):
+            products = []
+            for col in cols:
+                remaining -= 1
+                cot = [col[names[i]] for i in live]
                 hv = torch.autograd.grad(
-                    outputs,
-                    leaves,
-                    cot,
-                    retain_graph=keep,
-                    allow_unused=True,
-                    is_grads_batched=True,
+                    outputs, leaves, cot, retain_graph=remaining > 0, allow_unused=True
                 )
-            results.append(list(hv))
+                products.append(hv)
+            if block.single is not None:
+                results.append(list(products[0]))
+            else:  # (k, *shape) per parameter
+                per_param = zip(*products, strict=True)
+                pairs = zip(per_param, leaves, strict=True)
+                results.append([_stack(parts, leaf) for parts, leaf in pairs])
         return results, value.detach()
+
+    def _vmapped_products(
+        self, blocks: list[Block], fixed: Tensors, batch: Batch
+    ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
+        n = batch.n
+
+        def scaled_loss(p: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+            value = self.objective(self._forward(p, fixed, batch), batch.targets)
+            return value * n, value.detach()
+
+        _, pullback, value = vjp(grad(scaled_loss, has_aux=True), blocks[0].state, has_aux=True)
+        names = self.layout.names
+        results = []
+        for block in blocks:
+            if block.single is not None:
+                hv = pullback(block.single)[0]
+            else:
+                hv = vmap(pullback)(block.tangents)[0]
+            results.append([hv[name] for name in names])
+        return results, value
 
     def _forward_over_reverse(
         self, block: Block, fixed: Tensors, batch: Batch
@@ -140,6 +200,18 @@ class HessianOperator(CurvatureOperator):
         else:
             hv, value = vmap(hvp, out_dims=(0, None))(block.tangents)
         return [hv[name] for name in self.layout.names], value
+
+
+def _columns(block: Block) -> list[Tensors]:
+    """The block's tangents one column at a time: ``k`` dicts ``{name: (*shape)}``."""
+    return [{n: t[j] for n, t in block.tangents.items()} for j in range(block.k)]
+
+
+def _stack(parts: tuple[torch.Tensor | None, ...], like: torch.Tensor) -> torch.Tensor | None:
+    """``(k, *shape)`` from ``k`` per-column products (``None``: zero)."""
+    if all(p is None for p in parts):
+        return None
+    return torch.stack([torch.zeros_like(like) if p is None else p for p in parts])
 
 
 def hessian(
