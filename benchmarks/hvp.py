@@ -20,7 +20,10 @@ its spread (min-max):
   engine, a plain double-backward HVP and a plain ``torch.func`` jvp-of-grad HVP written here;
 * GGN-vector product (``dc.ggn(...).matvec``);
 * ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian and the GGN;
-* SLQ with m = 30 steps: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs.
+* SLQ with m = 30 steps: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs;
+* the flop count (``torch.utils.flop_counter``) of one Hessian column through the shared graph,
+  in gradients: the per-column floor of any exact ``matmat`` that runs its operations at the
+  gradient pass's speed.
 """
 
 from __future__ import annotations
@@ -132,6 +135,33 @@ def plain_torch_func_hvp(model: nn.Module, loss_fn: nn.Module, data: list, v: di
         for n in out:
             out[n].add_(hv[n])
     return out
+
+
+def flop_ratios(model: nn.Module, loss_fn: nn.Module, data: list) -> dict:
+    """Floating-point operations of one batch, in units of its gradient pass (flop counter).
+
+    ``hessian_column``: the backward pass through the gradient's graph that gives one Hessian
+    column once the graph is built (the per-column cost of a shared ``matmat``, whatever the
+    implementation: the same bilinear products); ``primal_with_graph``: the forward and
+    backward pass that build it.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = data[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    with FlopCounterMode(display=False) as fc:
+        torch.autograd.grad(loss_fn(model(x), y), params)
+    gradient = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        g = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+    primal = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        torch.autograd.grad(g, params, [torch.randn_like(p) for p in params])
+    return {
+        "gradient_flops_per_batch": gradient,
+        "primal_with_graph": primal / gradient,
+        "hessian_column": fc.get_total_flops() / gradient,
+    }
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -252,6 +282,7 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
     return {
         "num_params": P,
         "num_samples": n,
+        "flops": flop_ratios(model, loss_fn, data),
         "batch_size": 128,
         "num_batches": len(data),
         "gradient_seconds_median": statistics.median(grad_times),
@@ -272,6 +303,11 @@ def print_setup(name: str, res: dict) -> None:
             f"{key:<40} {row['ratio_median']:>10.2f} "
             f"{row['ratio_min']:>6.2f}-{row['ratio_max']:<6.2f} {row['seconds_median']:>9.3f}"
         )
+    f = res["flops"]
+    print(
+        f"flop count: one Hessian column through the shared graph = {f['hessian_column']:.2f} "
+        f"gradients (the floor of 'matmat per column' at equal speed per operation)"
+    )
     s = res["slq"]
     print(
         f"SLQ m={s['steps']}, 4 probes: one run {statistics.median(s['seconds_4_probes']):.2f} s "

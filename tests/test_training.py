@@ -365,3 +365,19 @@ def test_registry_names_model_and_dataset(tmp_path):
         dc.load_checkpoint(
             res.final_checkpoint, dc.get_model("mlp", num_classes=10, in_channels=1, input_size=8)
         )
+
+
+@pytest.mark.parametrize("chunk", [2**22, 7, 1000])
+def test_weight_norms_match_a_float64_reference(monkeypatch, chunk):
+    from deepcurvature.training import stats
+
+    monkeypatch.setattr(stats, "_NORM_CHUNK", chunk)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 3).double(), nn.LayerNorm(3).double())
+    with torch.no_grad():
+        model[0].weight[3, 4] = -9.5  # the L-inf entry, negative
+    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+    l2, linf = stats.weight_norms(model)
+    assert l2 == pytest.approx(float(flat.norm()), rel=1e-14)
+    assert linf == 9.5
+    assert stats.weight_norms(nn.ReLU()) == (0.0, 0.0)
