@@ -58,7 +58,8 @@ def evaluate(
     """Mean loss, accuracy and top-5 accuracy of ``model`` (in eval mode) over ``loader``.
 
     The loss is weighted by batch size (``loss_fn`` must use mean reduction), so the result is
-    the mean over samples. Results are accumulated on the device and read once at the end.
+    the mean over samples. Per-batch losses and hit masks stay on the device and are reduced
+    and read once at the end.
 
     Returns:
         ``{"loss", "accuracy", "top5_accuracy", "count"}``; accuracies are ``None`` when outputs
@@ -69,34 +70,39 @@ def evaluate(
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    correct5 = torch.zeros((), dtype=torch.int64, device=device)
-    count, classify, top5 = 0, None, None
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    hits: list[torch.Tensor] = []
+    hits5: list[torch.Tensor] = []
+    classify, top5 = None, None
     try:
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             out = model(x)
-            b = y.shape[0]
-            loss_sum += loss_fn(out, y).double() * b
-            count += b
+            losses.append(loss_fn(out, y))
+            sizes.append(y.shape[0])
             if classify is None:
                 classify = _is_classification(out, y)
                 top5 = classify and out.shape[1] >= 5
             if classify:
-                correct += (out.argmax(dim=1) == y).sum()
+                hits.append(out.argmax(dim=1) == y)
                 if top5:
-                    top = out.topk(5, dim=1).indices
-                    correct5 += (top == y.unsqueeze(1)).any(dim=1).sum()
+                    hits5.append((out.topk(5, dim=1).indices == y.unsqueeze(1)).any(dim=1))
     finally:
         model.train(was_training)
-    if count == 0:
+    if not sizes:
         raise ValueError("the evaluation loader is empty")
+    # reduced once: sample-weighted loss, hit counts, one host read
+    weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+    parts = [torch.stack(losses).double().mul_(weights).sum()]
+    parts += [torch.cat(h).sum().double() for h in (hits, hits5) if h]
+    values = torch.stack(parts).tolist()
+    count = sum(sizes)
     return {
-        "loss": float(loss_sum) / count,
-        "accuracy": float(correct) / count if classify else None,
-        "top5_accuracy": float(correct5) / count if top5 else None,
+        "loss": values[0] / count,
+        "accuracy": values[1] / count if classify else None,
+        "top5_accuracy": values[2] / count if top5 else None,
         "count": count,
     }
 

@@ -265,11 +265,16 @@ def _train_epoch(
     progress: ProgressBar,
     lr_at: Callable[[int], None] | None,
 ) -> tuple[float, float | None]:
-    """One pass over ``loader``; returns ``(mean loss, accuracy)`` read once at the end."""
+    """One pass over ``loader``; returns ``(mean loss, accuracy)`` read once at the end.
+
+    The per-batch losses and hit masks are kept on the device and reduced once per epoch (two
+    small ops per batch instead of six for running sums).
+    """
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count, classify = 0, None
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    hits: list[torch.Tensor] = []
+    classify = None
     n_batches = len(loader)
     info_every = max(1, n_batches // 10)
     for b, (x, y) in enumerate(loader):
@@ -282,22 +287,33 @@ def _train_epoch(
         loss = loss_fn(out, y)
         loss.backward()
         optimizer.step()
-        nb = y.shape[0]
-        count += nb
-        loss_sum += loss.detach() * nb
+        losses.append(loss.detach())
+        sizes.append(y.shape[0])
         if classify is None:
             classify = out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
         if classify:
-            correct += (out.detach().argmax(dim=1) == y).sum()
+            hits.append(out.detach().argmax(dim=1) == y)
         progress.advance()
         if progress.verbose and ((b + 1) % info_every == 0 or b + 1 == n_batches):
-            text = f"loss {float(loss_sum) / count:.4f}"
-            if classify:
-                text += f"  acc {float(correct) / count:.3f}"
+            mean, acc = _epoch_means(losses, sizes, hits)
+            text = f"loss {mean:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")
             progress.set_info(text)
-    if count == 0:
+    if not sizes:
         raise ValueError("the training loader is empty")
-    return float(loss_sum) / count, (float(correct) / count if classify else None)
+    return _epoch_means(losses, sizes, hits)
+
+
+def _epoch_means(
+    losses: list[torch.Tensor], sizes: list[int], hits: list[torch.Tensor]
+) -> tuple[float, float | None]:
+    """Sample-weighted mean of the batch losses and the accuracy, with one host read."""
+    weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+    total = torch.stack(losses).double().mul_(weights).sum()
+    count = sum(sizes)
+    if not hits:
+        return float(total) / count, None
+    both = torch.stack([total, torch.cat(hits).sum().double()]).tolist()
+    return both[0] / count, both[1] / count
 
 
 def _evaluate_all(
