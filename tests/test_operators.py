@@ -982,3 +982,60 @@ def test_public_building_blocks_evaluate_like_the_operator():
             total += batch.n * float(loss_fn(out, batch.targets))
     assert total / N == pytest.approx(op.loss(), rel=1e-12)
     assert not any(m.training for m in model.modules())  # restored
+
+
+# ------------------------------------------------------------------------------------------------
+# Conv -> BatchNorm pairs folded in eval mode
+
+
+class SharedConv(nn.Module):
+    """A Sequential's conv also used on its own (must stay unfolded there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.block = nn.Sequential(self.conv, nn.BatchNorm2d(3), nn.Tanh())
+        self.head = nn.Linear(2 * 3 * 16, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.block(x), self.conv(x)], 1).flatten(1))
+
+
+def _folded_case(kind):
+    torch.manual_seed(0)
+    if kind == "registry-cnn":
+        model = dc.get_model("cnn", num_classes=3, in_channels=2, input_size=4, width=2, blocks=2)
+    elif kind == "shared":
+        model = SharedConv()
+    else:  # a hook on the conv: the pair must not be folded (the hook would not run)
+        model = CNN(3)
+        model.features[0].register_forward_hook(lambda m, i, o: None)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 2, 4, 4) * 2 + 0.5)  # non-trivial running statistics
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["registry-cnn", "shared", "hooked"])
+def test_folded_conv_batch_norm_pairs_give_the_exact_hessian_and_ggn(kind):
+    model = _folded_case(kind)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, 2, 4, 4, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (N,), generator=g)
+    loss_fn = nn.CrossEntropyLoss()
+    before = state_of(model)
+    H = dc.hessian(model, loss_fn, split(x, y))
+    folded = [m for m in model.modules() if isinstance(m, nn.Sequential)]
+    with H.evaluation_mode():
+        patched = [m for m in folded if "forward" in m.__dict__]
+        state, fixed = H.functional_state()
+        out = torch.cat([H.batch_output(state, fixed, b) for b in H.batches()])
+    assert len(patched) == (0 if kind == "hooked" else 1)
+    assert all("forward" not in m.__dict__ for m in folded)  # restored
+    with torch.no_grad():
+        assert rel_err(out, model(x)) <= 1e-12  # the same function as the unfolded model
+    ref = Reference(model, loss_fn, x, y, H.param_names)
+    check_operator(H, ref.hessian())
+    check_operator(dc.ggn(model, loss_fn, split(x, y)), ref.ggn(), psd=True)
+    assert_unchanged(model, before)
