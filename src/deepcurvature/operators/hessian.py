@@ -74,7 +74,7 @@ class HessianOperator(CurvatureOperator):
 
         The block's tensors (``width x`` the largest activation) are kept below 4 MiB: in
         ``benchmarks/hvp.py`` and ``benchmarks/hvp_blocks.py``, vmapped columns are up to 1.7x
-        cheaper than one at a time for small activations (an MLP on digits: 1.1 against 1.9
+        cheaper than one at a time for small activations (an MLP on digits: 1.5 against 1.9-2.0
         gradients per column at 16 columns), and up to 4x dearer once the block's tensors reach
         tens of MiB (the CNN with batches of 128, which is best one column at a time).
         """
