@@ -532,6 +532,21 @@ def _raise_if_not_finite(
 _AFFINE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _norm_affine(norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel of a batch norm with running statistics.
+
+    ``scale = w / sqrt(var + eps)``, ``shift = b - mean * scale``, so that the layer is
+    ``x * scale + shift``.
+    """
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
 def _affine_batch_norm(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """Batch norm with running statistics as the affine map ``x * scale + shift``.
 
@@ -540,12 +555,7 @@ def _affine_batch_norm(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """
     if self.training:  # switched to batch statistics inside the context (e.g. BN recomputation)
         return type(self).forward(self, x)
-    scale = torch.rsqrt(self.running_var + self.eps)
-    if self.weight is not None:
-        scale = scale * self.weight
-    shift = -self.running_mean * scale
-    if self.bias is not None:
-        shift = shift + self.bias
+    scale, shift = _norm_affine(self)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     return x * scale.reshape(shape) + shift.reshape(shape)
 
@@ -625,12 +635,7 @@ def _conv_norm(conv: nn.Module, norm: _BatchNorm, x: torch.Tensor) -> torch.Tens
     """
     if norm.training:  # switched to batch statistics inside the context
         return norm(conv(x))
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
+    scale, shift = _norm_affine(norm)
     weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
     bias = shift if conv.bias is None else conv.bias * scale + shift
     return conv._conv_forward(x, weight, bias)
