@@ -280,7 +280,7 @@ def _per_sample_squares(
     def one(inputs_i: Any, w_i: torch.Tensor) -> torch.Tensor:
         def f(p: Tensors) -> torch.Tensor:
             x = tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, inputs_i)
-            return op._forward(p, fixed, Batch(x, batch.targets, 1, batch.index))[0]
+            return op.batch_output(p, fixed, Batch(x, batch.targets, 1, batch.index))[0]
 
         _, pullback = vjp(f, state)
         (grads,) = vmap(pullback)(w_i)
@@ -350,13 +350,13 @@ def ggn_diagonal(
     """
     sample_chunk = _check_count("sample_chunk", sample_chunk)
     op = _per_sample_operator(model, loss_fn, data, params, bn_mode, dtype, device, "ggn_diagonal")
-    state, fixed = op._state()
+    state, fixed = op.functional_state()
     acc = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
     n_total, D = 0, 0
-    with op._evaluation_mode(), _bar(op, "GGN diagonal", verbose) as bar:
+    with op.evaluation_mode(), _bar(op, "GGN diagonal", verbose) as bar:
         for batch in op.source:
             with torch.no_grad():
-                out = op._forward(state, fixed, batch)
+                out = op.batch_output(state, fixed, batch)
             n = batch.n
             D = out[0].numel()
             # columns of the output Hessian, block-diagonal over samples: U[c, i] = e_c
@@ -436,13 +436,13 @@ def mc_ggn_diagonal(
     op.objective.check_mc()
     used_seed = resolve_seed(seed)
     generator = torch.Generator(device=op.device).manual_seed(used_seed)
-    state, fixed = op._state()
+    state, fixed = op.functional_state()
     acc = torch.zeros(S, op.num_params, dtype=torch.float64, device=op.device)
     n_total = 0
-    with op._evaluation_mode(), _bar(op, "MC GGN diagonal", verbose) as bar:
+    with op.evaluation_mode(), _bar(op, "MC GGN diagonal", verbose) as bar:
         for batch in op.source:
             with torch.no_grad():
-                out = op._forward(state, fixed, batch)
+                out = op.batch_output(state, fixed, batch)
                 drawn = op.objective.draw_samples(out, batch.targets, S, generator)
                 R = op.objective.mc_factors(out, batch.targets, drawn)  # (S, n, *out)
             weights = torch.full(
@@ -511,13 +511,13 @@ def empirical_fisher_diagonal(
     op = _per_sample_operator(
         model, loss_fn, data, params, bn_mode, dtype, device, "empirical_fisher_diagonal"
     )
-    state, fixed = op._state()
+    state, fixed = op.functional_state()
     acc = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
     n_total = 0
-    with op._evaluation_mode(), _bar(op, "empirical Fisher diagonal", verbose) as bar:
+    with op.evaluation_mode(), _bar(op, "empirical Fisher diagonal", verbose) as bar:
         for batch in op.source:
             with torch.no_grad():
-                out = op._forward(state, fixed, batch)
+                out = op.batch_output(state, fixed, batch)
             G = op.objective.output_gradient(out, batch.targets).mul(batch.n)  # per-sample l_i
             ones = torch.ones((1, batch.n), dtype=torch.float64, device=op.device)
             acc += _per_sample_squares(op, state, fixed, batch, G.unsqueeze(0), ones, sample_chunk)[

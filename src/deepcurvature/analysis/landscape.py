@@ -654,7 +654,7 @@ class _Evaluator:
         self.test = BatchSource(test_data, op.device, op.dtype) if test_data is not None else None
         self.bn_recompute = bn_recompute
         self.verbose = verbose
-        self.base, self.fixed = op._state()
+        self.base, self.fixed = op.functional_state()
         self.w0 = op.layout.flatten(self.base)
         self.norms = [
             (name, m)
@@ -694,7 +694,7 @@ class _Evaluator:
         classify = self.classify
         for batch in source:
             for i in range(k):
-                out = self.op._forward(states[i], fixeds[i], batch)
+                out = self.op.batch_output(states[i], fixeds[i], batch)
                 value = self.op.objective(out, batch.targets)
                 loss_sum[i] += value.detach().double() * batch.n
                 if classify is None:
@@ -715,7 +715,7 @@ class _Evaluator:
         with _bn_statistics_mode([m for _, m in self.norms]):
             for batch in self.op.source:
                 for state, fixed in zip(states, fixeds, strict=True):
-                    self.op._forward(state, fixed, batch)
+                    self.op.batch_output(state, fixed, batch)
                 bar.advance()
         self.passes["bn_statistics"] += 1
         return fixeds
@@ -737,7 +737,7 @@ class _Evaluator:
         C = torch.as_tensor(coeffs, dtype=self.op.dtype, device=self.op.device)
         with (
             torch.no_grad(),
-            self.op._evaluation_mode(),
+            self.op.evaluation_mode(),
             ProgressBar(total, description, verbose=self.verbose and bool(total)) as bar,
         ):
             for chunk in chunks:

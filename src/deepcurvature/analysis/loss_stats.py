@@ -355,7 +355,7 @@ class _BatchEvaluator:
 
     def __init__(self, op: CurvatureOperator, matrix: str, V: torch.Tensor) -> None:
         self.op, self.matrix = op, matrix
-        self.state, self.fixed = op._state()
+        self.state, self.fixed = op.functional_state()
         self.tangents = op.layout.columns_to_dict(V)
         self.k = V.shape[1]
 
@@ -371,7 +371,7 @@ class _BatchEvaluator:
         op, fixed = self.op, self.fixed
 
         def loss(p: Tensors):
-            out = op._forward(p, fixed, batch)
+            out = op.batch_output(p, fixed, batch)
             value = op.objective(out, batch.targets)
             return value, (value.detach(), out.detach())
 
@@ -392,7 +392,7 @@ class _BatchEvaluator:
         leaves = {n: t.detach().requires_grad_() for n, t in self.state.items()}
 
         def forward(p: Tensors) -> torch.Tensor:
-            return op._forward(p, fixed, batch)
+            return op.batch_output(p, fixed, batch)
 
         with torch.enable_grad():
             out, jv = vmap(lambda v: jvp(forward, (leaves,), (v,)), out_dims=(None, 0))(
@@ -585,7 +585,7 @@ def loss_stats(
     n_evaluated = 0
 
     total = len(plan.minibatch)
-    with op._evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
+    with op.evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
         for i, raw in enumerate(plan.batches):
             batch = prepare_batch(raw, i, dev, op.dtype)
             value, g, hv, out = evaluator(batch)
@@ -654,7 +654,7 @@ def loss_stats(
     else:
         per_sample_factor = float(sizes[0]) if np.all(sizes == sizes[0]) else math.nan
 
-    state, _ = op._state()
+    state, _ = op.functional_state()
     sq_w = {n: float((t.double() ** 2).sum()) for n, t in state.items()}
     inf_w = {n: float(t.abs().max()) if t.numel() else 0.0 for n, t in state.items()}
 
@@ -706,11 +706,11 @@ def loss_stats(
     values["test_loss"] = values["test_accuracy"] = math.nan
     if test_data is not None:
         t_loss, t_n, t_correct, t_class, t_classify = 0.0, 0, 0, 0, None
-        state, fixed = op._state()
-        with torch.no_grad(), op._evaluation_mode():
+        state, fixed = op.functional_state()
+        with torch.no_grad(), op.evaluation_mode():
             for i, raw in enumerate(_eval_batches(test_data, B)):
                 batch = prepare_batch(raw, i, dev, op.dtype)
-                out = op._forward(state, fixed, batch)
+                out = op.batch_output(state, fixed, batch)
                 value = op.objective(out, batch.targets)
                 if not torch.isfinite(value):
                     raise FloatingPointError(f"the test loss of batch {i} is not finite")
