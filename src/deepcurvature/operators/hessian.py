@@ -10,8 +10,8 @@ The Hessian-vector product of a batch is the derivative of its gradient along ``
   ``torch.autograd.grad`` through the graph (the least overhead); a wider block uses
   ``torch.func.vjp`` of ``torch.func.grad`` and ``vmap``-s the pullback over its columns
   (batched matrix products, up to 1.7x cheaper per column for small activations). Works for
-  every op PyTorch can differentiate twice (the batched path also needs ``vmap`` support, as
-  the GGN does).
+  every op PyTorch can differentiate twice: when ``vmap`` cannot run the model (e.g. an
+  old-style ``autograd.Function``), the operator warns once and takes the columns one at a time.
 * ``engine="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad`` over
   ``functional_call``, ``vmap``-ed over the ``k`` tangents. It needs forward-mode formulas for the
   backward of every op, which PyTorch lacks for some (e.g. ``huber_loss_backward``, custom
@@ -20,9 +20,10 @@ The Hessian-vector product of a batch is the derivative of its gradient along ``
   kept as an alternative and for comparison (``benchmarks/hvp.py``).
 
 The forward engine recomputes the primal passes per block of columns. Reverse-over-reverse is the
-default because in ``benchmarks/hvp.py`` it is as fast as or faster than ``torch.func``
-forward-over-reverse everywhere (about three times faster for a single vector on a small MLP,
-where the ``torch.func`` overhead dominates), and it works for more losses and layers.
+default because in ``benchmarks/hvp.py`` it is about as fast as or faster than ``torch.func``
+forward-over-reverse everywhere (within 5% on the CNN, about three times faster for a single
+vector on a small MLP, where the ``torch.func`` overhead dominates), and it works for more losses
+and layers.
 """
 
 from __future__ import annotations
