@@ -258,6 +258,34 @@ def _per_sample_operator(
     return op
 
 
+def _squares_pass(
+    op: CurvatureOperator,
+    label: str,
+    verbose: bool,
+    chunk: int,
+    cotangents: Callable[[torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, int]:
+    """One pass over the data: ``sum_b`` of :func:`_per_sample_squares`, ``((S, P), N)``.
+
+    ``cotangents(output, batch) -> (W, weights)`` gives the ``(S, n_b, *out)`` output-space
+    vectors and their ``(S, n_b)`` weights from the batch's output (computed without a graph).
+    """
+    state, fixed = op.functional_state()
+    acc: torch.Tensor | None = None
+    n_total = 0
+    with op.evaluation_mode(), _bar(op, label, verbose) as bar:
+        for batch in op.source:
+            with torch.no_grad():
+                out = op.batch_output(state, fixed, batch)
+            W, weights = cotangents(out, batch)
+            part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
+            acc = part if acc is None else acc.add_(part)
+            n_total += batch.n
+            bar.advance()
+    assert acc is not None  # the operator's batch source refuses an empty data set
+    return acc, n_total
+
+
 def _per_sample_squares(
     op: CurvatureOperator,
     state: Tensors,
@@ -350,26 +378,23 @@ def ggn_diagonal(
     """
     sample_chunk = _check_count("sample_chunk", sample_chunk)
     op = _per_sample_operator(model, loss_fn, data, params, bn_mode, dtype, device, "ggn_diagonal")
-    state, fixed = op.functional_state()
-    acc = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
-    n_total, D = 0, 0
-    with op.evaluation_mode(), _bar(op, "GGN diagonal", verbose) as bar:
-        for batch in op.source:
-            with torch.no_grad():
-                out = op.batch_output(state, fixed, batch)
-            n = batch.n
-            D = out[0].numel()
-            # columns of the output Hessian, block-diagonal over samples: U[c, i] = e_c
-            eye = torch.eye(D, dtype=out.dtype, device=out.device)
-            U = eye.reshape(D, 1, *out.shape[1:]).expand(D, n, *out.shape[1:]).contiguous()
+    D = 0
+
+    def eigenvectors(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        # columns of the output Hessian, block-diagonal over samples: U[c, i] = e_c
+        nonlocal D
+        n, D = batch.n, out[0].numel()
+        eye = torch.eye(D, dtype=out.dtype, device=out.device)
+        U = eye.reshape(D, 1, *out.shape[1:]).expand(D, n, *out.shape[1:]).contiguous()
+        with torch.no_grad():
             HU = op.objective.hessian_product(out, batch.targets, U)  # (D, n, *out)
-            blocks = HU.reshape(D, n, D).permute(1, 2, 0).double() * n  # (n, D, D): [i, :, c]
-            blocks = (blocks + blocks.transpose(1, 2)) / 2
-            lam, Q = torch.linalg.eigh(blocks)  # (n, D), (n, D, D)
-            W = Q.permute(2, 0, 1).reshape(D, n, *out.shape[1:]).to(out.dtype)
-            acc += _per_sample_squares(op, state, fixed, batch, W, lam.T, sample_chunk).sum(0)
-            n_total += n
-            bar.advance()
+        blocks = HU.reshape(D, n, D).permute(1, 2, 0).double() * n  # (n, D, D): [i, :, c]
+        blocks = (blocks + blocks.transpose(1, 2)) / 2
+        lam, Q = torch.linalg.eigh(blocks)  # (n, D), (n, D, D)
+        return Q.permute(2, 0, 1).reshape(D, n, *out.shape[1:]).to(out.dtype), lam.T
+
+    acc, n_total = _squares_pass(op, "GGN diagonal", verbose, sample_chunk, eigenvectors)
+    acc = acc.sum(0)
     return _result(
         op,
         (acc / n_total).to(op.dtype),
@@ -436,21 +461,13 @@ def mc_ggn_diagonal(
     op.objective.check_mc()
     used_seed = resolve_seed(seed)
     generator = torch.Generator(device=op.device).manual_seed(used_seed)
-    state, fixed = op.functional_state()
-    acc = torch.zeros(S, op.num_params, dtype=torch.float64, device=op.device)
-    n_total = 0
-    with op.evaluation_mode(), _bar(op, "MC GGN diagonal", verbose) as bar:
-        for batch in op.source:
-            with torch.no_grad():
-                out = op.batch_output(state, fixed, batch)
-                drawn = op.objective.draw_samples(out, batch.targets, S, generator)
-                R = op.objective.mc_factors(out, batch.targets, drawn)  # (S, n, *out)
-            weights = torch.full(
-                (S, batch.n), float(batch.n), dtype=torch.float64, device=op.device
-            )
-            acc += _per_sample_squares(op, state, fixed, batch, R, weights, sample_chunk)
-            n_total += batch.n
-            bar.advance()
+
+    def sampled(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn = op.objective.draw_samples(out, batch.targets, S, generator)
+        R = op.objective.mc_factors(out, batch.targets, drawn)  # (S, n, *out)
+        return R, torch.full((S, batch.n), float(batch.n), dtype=torch.float64, device=op.device)
+
+    acc, n_total = _squares_pass(op, "MC GGN diagonal", verbose, sample_chunk, sampled)
     replicas = acc / n_total  # (S, P): one estimate per Monte Carlo sample
     value = replicas.mean(0)
     se = (
@@ -511,20 +528,13 @@ def empirical_fisher_diagonal(
     op = _per_sample_operator(
         model, loss_fn, data, params, bn_mode, dtype, device, "empirical_fisher_diagonal"
     )
-    state, fixed = op.functional_state()
-    acc = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
-    n_total = 0
-    with op.evaluation_mode(), _bar(op, "empirical Fisher diagonal", verbose) as bar:
-        for batch in op.source:
-            with torch.no_grad():
-                out = op.batch_output(state, fixed, batch)
-            G = op.objective.output_gradient(out, batch.targets).mul(batch.n)  # per-sample l_i
-            ones = torch.ones((1, batch.n), dtype=torch.float64, device=op.device)
-            acc += _per_sample_squares(op, state, fixed, batch, G.unsqueeze(0), ones, sample_chunk)[
-                0
-            ]
-            n_total += batch.n
-            bar.advance()
+
+    def gradients(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        G = op.objective.output_gradient(out, batch.targets).mul(batch.n)  # per-sample l_i
+        return G.unsqueeze(0), torch.ones((1, batch.n), dtype=torch.float64, device=op.device)
+
+    acc, n_total = _squares_pass(op, "empirical Fisher diagonal", verbose, sample_chunk, gradients)
+    acc = acc[0]
     return _result(
         op,
         (acc / n_total).to(op.dtype),
