@@ -25,3 +25,44 @@ def cli(*args, cwd=None, env=None, timeout=600):
         env=env,
         timeout=timeout,
     )
+
+
+SMALL_MLP = {"hidden": [16]}
+
+
+def trained_run(root, *, save_eigvec=False):
+    """A real run folder: a small MLP trained 2 epochs on a digits subsample (``root``), and its
+    Hessian spectrum at the last checkpoint in ``root/spectra/spectrum-00002-hessian_lanczos``.
+
+    Returns ``(train_result, spectrum_result, spectrum_path)`` (the path without suffix).
+    """
+    import deepcurvature as dc
+
+    trained = dc.train_network(
+        root,
+        "digits",
+        model="mlp",
+        model_kwargs=SMALL_MLP,
+        optimizer="SGD",
+        optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
+        epochs=2,
+        subsample=300,
+        seed=0,
+        verbose=False,
+    )
+    spectrum = root / "spectra" / "spectrum-00002-hessian_lanczos"
+    result = dc.compute_eigenspectrum(
+        "digits",
+        None,
+        model="mlp",
+        model_kwargs=SMALL_MLP,
+        checkpoint_path=trained.final_checkpoint,
+        lanczos_iters=10,
+        save_spectrum_path=spectrum,
+        save_eigvec=save_eigvec,
+        num_subsamples=100,
+        seed=0,
+        device="cpu",
+        verbose=False,
+    )
+    return trained, result, spectrum

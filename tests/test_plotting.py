@@ -19,10 +19,9 @@ from matplotlib.ticker import PercentFormatter
 from matplotlib.transforms import Bbox
 
 import deepcurvature as dc
+from _helpers import trained_run
 from deepcurvature.analysis.landscape import LandscapeResult
 from deepcurvature.plotting.style import PercentTickFormatter, percent_decimals
-
-MLP = {"hidden": [16]}
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -30,31 +29,7 @@ MLP = {"hidden": [16]}
 def run_dir(tmp_path_factory):
     """A real run: an MLP trained 2 epochs on a digits subsample, and its Hessian spectrum."""
     run = tmp_path_factory.mktemp("plot-run") / "mlp-digits"
-    trained = dc.train_network(
-        run,
-        "digits",
-        model="mlp",
-        model_kwargs=MLP,
-        optimizer="SGD",
-        optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
-        epochs=2,
-        subsample=300,
-        seed=0,
-        verbose=False,
-    )
-    result = dc.compute_eigenspectrum(
-        "digits",
-        None,
-        model="mlp",
-        model_kwargs=MLP,
-        checkpoint_path=trained.final_checkpoint,
-        lanczos_iters=10,
-        save_spectrum_path=run / "spectra" / "spectrum-00002-hessian_lanczos",
-        num_subsamples=100,
-        seed=0,
-        device="cpu",
-        verbose=False,
-    )
+    trained, result, _ = trained_run(run)
     return run, trained, result
 
 

@@ -16,12 +16,12 @@ import pytest
 
 import deepcurvature as dc
 from _helpers import cli as run_cli
+from _helpers import trained_run
 from deepcurvature.cli.main import main
 from deepcurvature.io import save_npz_json
 from deepcurvature.report import detect_result, scan_run, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MLP = {"hidden": [16]}
 EVIL = '<script>alert("x")</script> & <b>bold</b>'
 
 
@@ -33,33 +33,7 @@ def cli(*args, cwd=None):
 def run(tmp_path_factory):
     """A real run folder: training, a spectrum with eigenvectors, a landscape, statistics."""
     root = tmp_path_factory.mktemp("report") / "mlp-digits"
-    trained = dc.train_network(
-        root,
-        "digits",
-        model="mlp",
-        model_kwargs=MLP,
-        optimizer="SGD",
-        optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
-        epochs=2,
-        subsample=300,
-        seed=0,
-        verbose=False,
-    )
-    spectrum = root / "spectra" / "spectrum-00002-hessian_lanczos"
-    dc.compute_eigenspectrum(
-        "digits",
-        None,
-        model="mlp",
-        model_kwargs=MLP,
-        checkpoint_path=trained.final_checkpoint,
-        lanczos_iters=10,
-        save_spectrum_path=spectrum,
-        save_eigvec=True,
-        num_subsamples=100,
-        seed=0,
-        device="cpu",
-        verbose=False,
-    )
+    trained, _, spectrum = trained_run(root, save_eigvec=True)
     landscape = None
     if hasattr(dc, "build_loss_landscape"):
         landscape = root / "losslandscape-00002.npz"
