@@ -5,6 +5,7 @@
 parameters, ready for ``dc.lanczos``.
 """
 
+from .allocator import cpu_allocator_status, tune_cpu_allocator
 from .base import CurvatureOperator
 from .fisher import FisherOperator, fisher
 from .ggn import GGNOperator, ggn
@@ -18,8 +19,10 @@ __all__ = [
     "GGNOperator",
     "HessianOperator",
     "SequenceCrossEntropyLoss",
+    "cpu_allocator_status",
     "fisher",
     "ggn",
     "hessian",
     "select_parameters",
+    "tune_cpu_allocator",
 ]

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..linalg.operator import LinearOperator
 from ..progress import ProgressBar
+from .allocator import tune_cpu_allocator
 from .batches import Batch, BatchSource
 from .losses import OutputLoss
 from .params import ParameterLayout, select_parameters
@@ -430,8 +431,11 @@ class CurvatureOperator(LinearOperator):
         followed directly by such a layer in an ``nn.Sequential`` is evaluated as one convolution
         with the folded weights ``W * scale`` and bias ``b * scale + shift`` (the same function;
         the scaling then acts on the weights instead of the activations, see
-        :func:`_conv_norm_pairs`).
+        :func:`_conv_norm_pairs`). On the CPU, glibc's allocator is first set to reuse freed
+        memory (:func:`~deepcurvature.operators.allocator.tune_cpu_allocator`).
         """
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # freed activations reused instead of unmapped (allocator.py)
         modules = list(self.model.modules())
         flags = [m.training for m in modules]
         norms = [m for m in modules if isinstance(m, _BatchNorm)]
