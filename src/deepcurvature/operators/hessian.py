@@ -38,6 +38,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
+from .lean import lean_derivatives
 
 __all__ = ["HESSIAN_ENGINES", "HessianOperator", "hessian"]
 
@@ -132,7 +133,9 @@ class HessianOperator(CurvatureOperator):
         first = blocks[0]
         leaves = [first.leaves[n] for n in names]
         with torch.enable_grad():
-            value = self.objective(self._forward(first.leaves, fixed, batch), batch.targets)
+            with lean_derivatives():  # ReLU, max pooling, first conv: no zero terms (lean.py)
+                output = self._forward(first.leaves, fixed, batch)
+            value = self.objective(output, batch.targets)
             grads = torch.autograd.grad(
                 value * batch.n, leaves, create_graph=True, allow_unused=True
             )
