@@ -369,6 +369,9 @@ def main() -> None:
         res = run_setup(name, args)
         result["setups"][name] = res
         print_setup(name, res)
+    # glibc's allocator as the products left it (and the gradient passes measured after them)
+    result["cpu_allocator"] = dc.cpu_allocator_status()
+    print(f"\nCPU allocator: {result['cpu_allocator']}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "hvp.json"
     dc.io.atomic_write_text(out, json.dumps(result, indent=2) + "\n")

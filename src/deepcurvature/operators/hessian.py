@@ -9,9 +9,12 @@ The Hessian-vector product of a batch is the derivative of its gradient along ``
   :meth:`HessianOperator._auto_block_width`): a block of one column is a plain
   ``torch.autograd.grad`` through the graph (the least overhead); a wider block uses
   ``torch.func.vjp`` of ``torch.func.grad`` and ``vmap``-s the pullback over its columns
-  (batched matrix products, up to 1.7x cheaper per column for small activations). Works for
-  every op PyTorch can differentiate twice: when ``vmap`` cannot run the model (e.g. an
-  old-style ``autograd.Function``), the operator warns once and takes the columns one at a time.
+  (batched matrix products, up to 1.7x cheaper per column for small activations). The plain
+  autograd forward runs under :func:`~deepcurvature.operators.lean.lean_derivatives` (ReLU, 2-D
+  max pooling and convolutions of the data without second-derivative terms known to be
+  zero). Works for every op PyTorch can differentiate twice: when ``vmap`` cannot run the model
+  (e.g. an old-style ``autograd.Function``), the operator warns once and takes the columns one
+  at a time.
 * ``engine="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad`` over
   ``functional_call``, ``vmap``-ed over the ``k`` tangents. It needs forward-mode formulas for the
   backward of every op, which PyTorch lacks for some (e.g. ``huber_loss_backward``, custom
