@@ -17,7 +17,7 @@ from torch.func import hessian as func_hessian
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deepcurvature as dc
-from deepcurvature.operators.lean import lean_derivatives
+from deepcurvature.operators.lean import has_lean_layers, lean_derivatives
 
 
 class Modules(nn.Module):
@@ -193,3 +193,14 @@ def test_the_column_pass_makes_no_zero_activations_and_no_data_gradient(lean):
         assert counter.zeros == 0 and counter.back_to_data == 0
     else:  # PyTorch's own rules: what the lean ones remove
         assert counter.zeros >= 3 and counter.back_to_data == 1
+
+
+def test_the_operator_enters_the_lean_mode_only_for_models_with_such_layers():
+    tanh_mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert not has_lean_layers(tanh_mlp)
+    assert has_lean_layers(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    assert has_lean_layers(Modules()) and has_lean_layers(OtherDims())
+    data = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    assert not dc.hessian(tanh_mlp, nn.CrossEntropyLoss(), data)._lean
+    model, x, y = make("modules")
+    assert dc.hessian(model, nn.CrossEntropyLoss(), [(x, y)])._lean

@@ -10,11 +10,12 @@ The Hessian-vector product of a batch is the derivative of its gradient along ``
   ``torch.autograd.grad`` through the graph (the least overhead); a wider block uses
   ``torch.func.vjp`` of ``torch.func.grad`` and ``vmap``-s the pullback over its columns
   (batched matrix products, up to 1.7x cheaper per column for small activations). The plain
-  autograd forward runs under :func:`~deepcurvature.operators.lean.lean_derivatives` (ReLU, 2-D
-  max pooling and convolutions of the data without second-derivative terms known to be
-  zero). Works for every op PyTorch can differentiate twice: when ``vmap`` cannot run the model
-  (e.g. an old-style ``autograd.Function``), the operator warns once and takes the columns one
-  at a time.
+  autograd forward of a model with ReLU, max-pooling or convolution modules runs under
+  :func:`~deepcurvature.operators.lean.lean_derivatives` (ReLU, 2-D max pooling and
+  convolutions of the data without second-derivative terms known to be zero). Works for
+  every op PyTorch can differentiate twice: when ``vmap`` cannot run the model (e.g. an
+  old-style ``autograd.Function``), the operator warns once and takes the columns one at a
+  time.
 * ``engine="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad`` over
   ``functional_call``, ``vmap``-ed over the ``k`` tangents. It needs forward-mode formulas for the
   backward of every op, which PyTorch lacks for some (e.g. ``huber_loss_backward``, custom
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -41,7 +43,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
-from .lean import lean_derivatives
+from .lean import has_lean_layers, lean_derivatives
 
 __all__ = ["HESSIAN_ENGINES", "HessianOperator", "hessian"]
 
@@ -68,6 +70,7 @@ class HessianOperator(CurvatureOperator):
         super().__init__(*args, **kwargs)
         self.engine = engine
         self._vmap_error: str | None = None  # set when the batched products failed once
+        self._lean = has_lean_layers(self.model)  # ReLU, max pooling or convolutions
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -136,7 +139,8 @@ class HessianOperator(CurvatureOperator):
         first = blocks[0]
         leaves = [first.leaves[n] for n in names]
         with torch.enable_grad():
-            with lean_derivatives():  # ReLU, max pooling, first conv: no zero terms (lean.py)
+            # ReLU, max pooling, convolutions of the data: no zero terms (lean.py)
+            with lean_derivatives() if self._lean else nullcontext():
                 output = self._forward(first.leaves, fixed, batch)
             value = self.objective(output, batch.targets)
             grads = torch.autograd.grad(

@@ -19,7 +19,8 @@ Inside :func:`lean_derivatives`, ``F.relu``/``torch.relu``/``Tensor.relu`` (not 
 uses the saved activations as constants. Their second derivatives are PyTorch's own minus those
 zero terms: the same numbers (tests compare with dense references), less memory traffic. On the
 CNN of ``benchmarks/hvp.py`` (16 MiB activations) a Hessian column took about 10% less time.
-Any other call, and tensor subclasses, go through unchanged.
+Any other call, and tensor subclasses, go through unchanged. The Hessian operator enters the
+mode for models with such layers (:func:`has_lean_layers`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["lean_derivatives"]
+__all__ = ["LEAN_MODULES", "has_lean_layers", "lean_derivatives"]
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -192,6 +193,20 @@ class _LeanMode(TorchFunctionMode):
         elif func in _CONV:
             out = _conv(_CONV[func], args, kwargs)
         return func(*args, **kwargs) if out is None else out
+
+
+#: module types whose forward calls what the lean rules cover
+LEAN_MODULES = (torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.modules.conv._ConvNd)
+
+
+def has_lean_layers(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a ReLU, 2-D max-pooling or convolution module.
+
+    The operators enter :func:`lean_derivatives` only then: the mode intercepts every torch call
+    of the forward pass, which costs a few per cent on a small MLP without such layers
+    (``benchmarks/hvp.py``) and saves nothing there.
+    """
+    return any(isinstance(m, LEAN_MODULES) for m in model.modules())
 
 
 @contextmanager
