@@ -6,8 +6,8 @@ the top of the heap beyond ``M_TRIM_THRESHOLD`` (it adapts to about twice the la
 32 MiB for 16 MiB activations) is handed back to the kernel at once, and every later tensor
 there is faulted in again page by page. On the CNN of ``benchmarks/hvp.py`` (16 MiB activations)
 a 16-column Hessian ``matmat`` took about two million page faults and a quarter of its wall time
-in the kernel; with the settings below it takes none (``tests/test_allocator.py`` checks the
-page faults).
+in the kernel; with the settings below, a few thousand (``tests/test_allocator.py`` counts the
+page faults of a smaller CNN's products).
 
 :func:`tune_cpu_allocator` sets, once per process,
 
@@ -20,9 +20,8 @@ The curvature operators call it before their first pass over data on a CPU devic
 nothing when the C library is not glibc, when the process was started with glibc's own
 settings of these thresholds (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or the same in ``GLIBC_TUNABLES``: the user's choice
-stands), or when
-``DEEPCURVATURE_TUNE_MALLOC=0`` is set. It changes only how fast memory is reused, never a
-result.
+stands), or when ``DEEPCURVATURE_TUNE_MALLOC=0`` is set. It changes only how fast memory is
+reused, never a result.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ advance:
 
 Inside :func:`lean_derivatives`, ``F.relu``/``torch.relu``/``Tensor.relu`` (not in place),
 ``F.max_pool2d``/``torch.max_pool2d`` (without ``return_indices``) and ``torch.conv1d/2d/3d``
-(batched, numeric padding) of inputs that do not require grad are evaluated by
+(batched, numeric or ``"valid"`` padding) of inputs that do not require grad are evaluated by
 ``autograd.Function`` s with the same forward and the same first derivatives, whose backward
 uses the saved activations as constants. Their second derivatives are PyTorch's own minus those
 zero terms: the same numbers (tests compare with dense references), less memory traffic. On the
