@@ -40,8 +40,9 @@ class Modules(nn.Module):
 
 
 class Functional(nn.Module):
-    """Every call form: positional and keyword arguments, strides, dilation, ceil mode, and
-    the calls left to PyTorch (in-place ReLU, pooling with indices, 'same' padding)."""
+    """Every call form: positional and keyword arguments, strides, dilation, ceil mode,
+    unbatched pooling, and the calls left to PyTorch (in-place ReLU, pooling with indices,
+    'same' padding)."""
 
     def __init__(self):
         super().__init__()
@@ -51,7 +52,7 @@ class Functional(nn.Module):
         self.w2 = nn.Parameter(torch.randn(2, 2, 3, 3, generator=g) / 3)
         self.same = nn.Conv2d(2, 2, 3, padding="same")
         self.circular = nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular", bias=False)
-        self.head = nn.Linear(85, 3)
+        self.head = nn.Linear(88, 3)
 
     def forward(self, x):
         a = F.conv2d(x, self.w1, self.b1, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
@@ -61,7 +62,8 @@ class Functional(nn.Module):
         b, _ = F.max_pool2d(b, 2, return_indices=True)  # left to PyTorch
         c = torch.max_pool2d(torch.tanh(self.same(x)), (2, 2), (2, 2))  # conv left to PyTorch
         d = F.max_pool2d(self.circular(x), kernel_size=4)  # conv on the padded data
-        parts = (a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1))
+        e = torch.stack([F.max_pool2d(s, 3, 3) for s in torch.tanh(a)])  # unbatched (C, H, W)
+        parts = (a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1), e.flatten(1))
         return self.head(torch.cat(parts, 1))
 
 

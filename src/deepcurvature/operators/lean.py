@@ -38,6 +38,15 @@ __all__ = ["LEAN_MODULES", "has_lean_layers", "lean_derivatives"]
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _convolution(x: torch.Tensor, weight: torch.Tensor, bias: Any, conf: tuple) -> torch.Tensor:
+    """``conv(x, W, b)`` with ``conf = (stride, padding, dilation, groups)`` (not transposed)."""
+    stride, padding, dilation, groups = conf
+    zeros = [0] * len(stride)
+    return torch.ops.aten.convolution(
+        x, weight, bias, stride, padding, dilation, False, zeros, groups
+    )
+
+
 class _ReLU(torch.autograd.Function):
     """``relu(x)``; backward ``threshold_backward(g, y, 0)`` with ``y`` a constant."""
 
@@ -90,10 +99,7 @@ class _WeightGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dW: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        zeros = [0] * len(stride)
-        conv = torch.ops.aten.convolution
-        return conv(x, dW, None, stride, padding, dilation, False, zeros, groups), None, None, None
+        return _convolution(x, dW, None, ctx.conf), None, None, None
 
 
 class _DataConv(torch.autograd.Function):
@@ -101,13 +107,9 @@ class _DataConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, conf: tuple):
-        stride, padding, dilation, groups = conf
-        zeros = [0] * len(stride)
         ctx.save_for_backward(x, weight.detach())
         ctx.conf = conf
-        return torch.ops.aten.convolution(
-            x, weight, bias, stride, padding, dilation, False, zeros, groups
-        )
+        return _convolution(x, weight, bias, conf)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
