@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .._version import __version__
 from . import commands
-from .errors import CommandError
+from .failures import (
+    exit_status,
+    failure_line,
+    install_signal_handlers,
+    install_warning_format,
+)
 
 __all__ = ["build_parser", "main"]
+
+_DEBUG_HELP = "show the full traceback of an error (also: DEEPCURVATURE_DEBUG=1)"
 
 
 def _command_modules() -> list:
@@ -40,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'deepcurvature COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"deepcurvature {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    debug = argparse.ArgumentParser(add_help=False)  # --debug after the command name too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in mods:
         p = sub.add_parser(
@@ -47,28 +59,36 @@ def build_parser() -> argparse.ArgumentParser:
             help=mod.HELP,
             description=getattr(mod, "DESCRIPTION", mod.HELP),
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            parents=[debug],
         )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
+def _debug_wanted(args: argparse.Namespace) -> bool:
+    env = os.environ.get("DEEPCURVATURE_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (module docstring of ``failures``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    install_signal_handlers()
+    install_warning_format(args.command)
     try:
         return int(args._run(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, TypeError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"deepcurvature {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # one line for every failure; the traceback with --debug
+        if _debug_wanted(args):
+            traceback.print_exc()
+        print(failure_line(args.command, exc), file=sys.stderr, flush=True)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

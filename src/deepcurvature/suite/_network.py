@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["build_network", "evaluation_data"]
+__all__ = [
+    "build_network",
+    "check_memory",
+    "evaluation_data",
+    "recorded_path",
+    "selected_size",
+    "stored_path",
+]
+
+
+def stored_path(path: str | os.PathLike | None) -> str | None:
+    """A path as stored in a result file: absolute, so it resolves from any working folder."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def recorded_path(value: str | None, result_file: str | os.PathLike) -> str | None:
+    """A path read from a result file, resolved so that it works from any working folder.
+
+    As stored when it exists (absolute, or relative to the working folder), else relative to
+    the result file's folder (older files stored paths relative to where they were made).
+    """
+    if not value:
+        return None
+    p = Path(value)
+    if p.is_absolute() or p.exists():
+        return value
+    beside = Path(result_file).parent / p
+    return str(beside) if beside.exists() else value
 
 
 def evaluation_data(
@@ -70,3 +98,47 @@ def build_network(
     if checkpoint_path is not None:
         load_checkpoint(checkpoint_path, net, map_location="cpu")
     return net.to(device)
+
+
+def selected_size(net: nn.Module, params: Any, dtype: torch.dtype | None) -> tuple[int, int]:
+    """``(P, bytes per entry)`` of the parameters ``params`` selects (checked, names listed)."""
+    from ..operators.params import select_parameters
+
+    chosen = set(select_parameters(net, params))
+    P = sum(p.numel() for n, p in net.named_parameters() if n in chosen)
+    itemsize = torch.empty((), dtype=dtype or next(net.parameters()).dtype).element_size()
+    return P, itemsize
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: the GPU's total, else the machine's physical memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 62
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
+def check_memory(
+    need: int, what: str, fix: str, device: torch.device, fraction: float = 0.8
+) -> None:
+    """Refuse, before any data pass, a computation whose vectors cannot fit in memory.
+
+    Raises:
+        ValueError: ``need`` bytes exceed ``fraction`` of the device's memory; the message says
+            ``what`` needs them and ``fix``.
+    """
+    have = device_memory(device)
+    if need > fraction * have:
+        raise ValueError(
+            f"{what} needs {_bytes(need)}, but the {device.type} memory is {_bytes(have)}: {fix}"
+        )

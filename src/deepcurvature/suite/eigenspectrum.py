@@ -10,9 +10,19 @@ import torch
 from torch import nn
 
 from ..analysis.spectrum import SpectrumResult, spectrum
-from ._network import build_network, evaluation_data
+from ._network import (
+    build_network,
+    check_memory,
+    evaluation_data,
+    selected_size,
+    stored_path,
+)
 
-__all__ = ["CURVATURE_MATRICES", "compute_eigenspectrum", "resolve_device"]
+__all__ = [
+    "CURVATURE_MATRICES",
+    "compute_eigenspectrum",
+    "resolve_device",
+]
 
 CURVATURE_MATRICES = {
     "hessian_lanczos": "hessian",
@@ -31,7 +41,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> CUDA when available, else CPU; otherwise the device asked for."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:1' (or 'mps')"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available: use 'cpu'")
     return dev
@@ -117,6 +132,15 @@ def compute_eigenspectrum(
     net = build_network(
         model, bundle, model_kwargs=model_kwargs, checkpoint_path=checkpoint_path, device=dev
     )
+    P, itemsize = selected_size(net, params, dtype)  # a bad selection fails before any pass
+    if all(isinstance(x, int) and x > 0 for x in (lanczos_iters, probes)):
+        m = min(lanczos_iters, P)  # full reorthogonalisation keeps the whole basis
+        check_memory(
+            (probes * m + (m if save_eigvec else 0)) * P * itemsize,
+            f"the Lanczos basis of probes={probes} x steps={m} vectors of P = {P:,} parameters",
+            "lower the probes or the steps, or select fewer parameters",
+            dev,
+        )
     res = spectrum(
         net,
         loss_fn or nn.CrossEntropyLoss(),
@@ -137,8 +161,8 @@ def compute_eigenspectrum(
             "model": model_name,
             "model_kwargs": model_kwargs or {},
             "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
-            "data_path": str(data_path) if data_path is not None else None,
-            "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
+            "data_path": stored_path(data_path),
+            "checkpoint_path": stored_path(checkpoint_path),
             "batch_size": batch_size,
             "bn_train_mode": bn_train_mode,
             "num_subsamples": num_subsamples,

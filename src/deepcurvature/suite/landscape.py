@@ -11,7 +11,7 @@ from torch import nn
 
 from ..analysis.landscape import LandscapeResult, loss_landscape
 from ..analysis.spectrum import SpectrumResult
-from ._network import build_network, evaluation_data
+from ._network import build_network, evaluation_data, recorded_path, stored_path
 from .eigenspectrum import resolve_device
 
 __all__ = ["build_loss_landscape"]
@@ -116,7 +116,7 @@ def build_loss_landscape(
                 "directions (directions='random:2')"
             )
     if checkpoint_path is None and spec_cfg.get("checkpoint_path"):
-        checkpoint_path = spec_cfg["checkpoint_path"]
+        checkpoint_path = recorded_path(spec_cfg["checkpoint_path"], spectrum_path)
     ckpt_cfg: dict[str, Any] = {}
     if checkpoint_path is not None:
         ckpt_cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
@@ -174,9 +174,9 @@ def build_loss_landscape(
             "model": model_name,
             "model_kwargs": model_kwargs or {},
             "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
-            "data_path": str(data_path) if data_path is not None else None,
-            "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
-            "spectrum_path": str(spectrum_path) if spectrum_path is not None else None,
+            "data_path": stored_path(data_path),
+            "checkpoint_path": stored_path(checkpoint_path),
+            "spectrum_path": stored_path(spectrum_path),
             "spectrum_matrix": spec_cfg.get("matrix"),
             "batch_size": batch_size,
             "use_test": use_test,

@@ -33,7 +33,7 @@ from ..analysis.loss_stats import LossStats, loss_stats
 from ..io import atomic_write_text
 from ..io.results import json_default
 from ..linalg.probes import resolve_seed
-from ._network import evaluation_data
+from ._network import check_memory, evaluation_data, selected_size, stored_path
 from .eigenspectrum import resolve_device
 
 __all__ = ["LOSS_STATS_FORMAT", "compute_loss_stats", "read_loss_stats", "resolve_checkpoints"]
@@ -286,10 +286,17 @@ def compute_loss_stats(
         model_name = model
     net = net.to(dev)
     loss = loss_fn or nn.CrossEntropyLoss()
+    P, itemsize = selected_size(net, params, dtype)  # a bad selection fails before any pass
+    check_memory(  # probes, their products and the per-batch products, per parameter
+        4 * probes * P * itemsize,
+        f"the curvature statistics with probes={probes} on P = {P:,} parameters",
+        "lower the probes, or select fewer parameters",
+        dev,
+    )
 
     config = {
         "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
-        "data_path": str(data_path) if data_path is not None else None,
+        "data_path": stored_path(data_path),
         "model": model_name,
         "model_kwargs": model_kwargs or {},
         "curvature_matrix": matrix,
@@ -306,7 +313,7 @@ def compute_loss_stats(
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
         "weights": weights,
         "device": str(dev),
-        "checkpoints": [str(c) if c is not None else None for c in checkpoints],
+        "checkpoints": [stored_path(c) for c in checkpoints],
     }
     results: list[LossStats] = []
     for path in checkpoints:
@@ -331,7 +338,7 @@ def compute_loss_stats(
             verbose=verbose,
         )
         st.config["epoch"] = _epoch_of(ckpt, path)
-        st.config["checkpoint"] = str(path) if path is not None else None
+        st.config["checkpoint"] = stored_path(path)
         results.append(st)
         if out_path is not None:
             _write(out_path, config, results, complete=len(results) == len(checkpoints))

@@ -3,14 +3,78 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...io.outputs import OutputFolder
 from ..errors import CommandError
 
-__all__ = ["BRIEF_TRAINING_OPTIMIZER", "add_curvature_options", "positive", "train_briefly"]
+__all__ = [
+    "BRIEF_TRAINING_FILES",
+    "BRIEF_TRAINING_OPTIMIZER",
+    "add_brief_training_option",
+    "add_curvature_options",
+    "add_output_options",
+    "check_dpi",
+    "claim_output",
+    "nonnegative",
+    "positive",
+    "resolve_brief_training",
+    "train_briefly",
+]
 
+#: Figures are at most this many dots per inch (a 10-inch figure is then 12,000 pixels wide).
+MAX_DPI = 1200
 BRIEF_TRAINING_OPTIMIZER = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+#: What a brief training writes into the output folder (its ``train`` sub-folder).
+BRIEF_TRAINING_FILES = ("train", "train/checkpoint-*.pt", "train/stats.json")
+
+
+def add_output_options(p: argparse.ArgumentParser, kind: str) -> None:
+    """Add ``--out`` (default: a new ``runs/KIND-TIME`` folder) and ``--overwrite``."""
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: a new folder runs/{kind}-YYYYmmdd-HHMMSS)%(default).0s",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused otherwise)",
+    )
+
+
+def claim_output(args: argparse.Namespace, kind: str, outputs: Sequence[str]) -> OutputFolder:
+    """Claim ``--out`` for the files ``outputs`` (see :class:`~deepcurvature.io.OutputFolder`)."""
+    return OutputFolder.claim(
+        args.out, kind=kind, outputs=outputs, overwrite=args.overwrite, fix="pass --overwrite"
+    )
+
+
+def add_brief_training_option(p: argparse.ArgumentParser, default: int) -> None:
+    """Add ``--train-epochs`` (only without ``--checkpoint``)."""
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help=(
+            f"without --checkpoint: train the model this many epochs first (default {default}; "
+            "0: the seeded initial weights)%(default).0s"
+        ),
+    )
+
+
+def resolve_brief_training(args: argparse.Namespace, default: int) -> None:
+    """Check ``--train-epochs`` against ``--checkpoint`` and fill in its default."""
+    if args.train_epochs is not None and args.checkpoint is not None:
+        raise CommandError(
+            "--train-epochs trains a new network but --checkpoint gives one to analyse: drop "
+            "one of them"
+        )
+    if args.train_epochs is None:
+        args.train_epochs = default
+    nonnegative("--train-epochs", args.train_epochs)
 
 
 def train_briefly(
@@ -41,8 +105,20 @@ def train_briefly(
         device=args.device,
         download=args.download,
         verbose=verbose,
-        overwrite=True,
+        overwrite=bool(getattr(args, "overwrite", False)),
     )
+
+
+def check_dpi(dpi: int) -> None:
+    """Refuse a ``--dpi`` outside ``[10, MAX_DPI]`` (a huge one would allocate gigabytes)."""
+    if not 10 <= dpi <= MAX_DPI:
+        raise CommandError(f"--dpi must be between 10 and {MAX_DPI}, got {dpi}")
+
+
+def nonnegative(name: str, value: int) -> None:
+    """Raise a :class:`CommandError` naming option ``name`` unless ``value`` is an int >= 0."""
+    if value < 0:
+        raise CommandError(f"{name} must be 0 or a positive integer, got {value}")
 
 
 def positive(name: str, value: int | None, allow_none: bool = False) -> None:

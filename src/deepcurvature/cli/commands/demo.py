@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
-from pathlib import Path
 
-from ...demo import run_demo, validate_demo_arguments
+from ...demo import DEMO_FILES, run_demo, validate_demo_arguments
 from ..errors import CommandError
+from ._common import add_output_options, claim_output
 
 NAME = "demo"
 HELP = "learn the spectra of random matrices with Lanczos (the paper's section 6) and plot them"
@@ -23,12 +22,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default: a new folder runs/demo-YYYYmmdd-HHMMSS)%(default).0s",
-    )
+    add_output_options(parser, "demo")
     parser.add_argument("--steps", type=int, default=30, help="Lanczos steps m")
     parser.add_argument(
         "--sizes",
@@ -42,16 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar or table: print only the folder"
     )
-
-
-def _default_out() -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path("runs") / f"demo-{stamp}"
-    k = 2
-    while out.exists():
-        out = Path("runs") / f"demo-{stamp}-{k}"
-        k += 1
-    return out
 
 
 def _fmt(x: object, digits: int = 4) -> str:
@@ -109,12 +93,11 @@ def run(args: argparse.Namespace) -> int:
         validate_demo_arguments(args.sizes, args.steps, args.seed)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    out = args.out if args.out is not None else _default_out()
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} exists and is not a folder: choose another path")
-    paths = run_demo(
-        out, sizes=args.sizes, steps=args.steps, seed=args.seed, verbose=not args.quiet
-    )
+    with claim_output(args, "demo", DEMO_FILES) as folder:
+        out = folder.path
+        paths = run_demo(
+            out, sizes=args.sizes, steps=args.steps, seed=args.seed, verbose=not args.quiet
+        )
     print(out)
     if not args.quiet:
         import json

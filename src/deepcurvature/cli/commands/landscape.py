@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-import time
+import os
+import warnings
 from pathlib import Path
 
 from ..errors import CommandError
-from ._common import positive
+from ._common import add_output_options, claim_output, positive
 
 NAME = "landscape"
+#: Largest --n-points: each point costs a pass over the data set (two with test data).
+MAX_POINTS_LINE = 2001
+MAX_POINTS_PLANE = 401
+#: The files a run writes into --out.
+LANDSCAPE_FILES = ("landscape.npz", "landscape.json", "landscape.png", "landscape-accuracy.png")
 HELP = "loss/accuracy along eigenvectors of a saved spectrum or random directions (1-D, 2-D)"
 DESCRIPTION = (
     "Evaluate the training and test loss and accuracy of a trained network at w* + t u for "
@@ -93,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random directions")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate in float64")
-    p.add_argument("--out", default=None, help="output folder (default: runs/landscape-TIME)")
+    add_output_options(p, "landscape")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -138,12 +143,20 @@ def _validate(args: argparse.Namespace) -> dict:
     from ...analysis.spectrum import SpectrumResult
     from ...data.registry import dataset_description
     from ...models import model_info
+    from ...suite._network import recorded_path
     from ...training import read_checkpoint
 
     if not (math.isfinite(args.dist) and args.dist > 0):
         raise CommandError(f"--dist must be a positive number, got {args.dist}")
     if args.n_points < 2:
         raise CommandError(f"--n-points must be at least 2, got {args.n_points}")
+    limit = MAX_POINTS_PLANE if args.plane is not None else MAX_POINTS_LINE
+    if args.n_points > limit:
+        what = "per axis of a plane" if args.plane is not None else "per direction"
+        raise CommandError(
+            f"--n-points {args.n_points} {what} is above the limit of {limit} (each point is a "
+            "pass over the whole data set): lower --n-points"
+        )
     positive("--batch-size", args.batch_size)
     positive("--subsample", args.subsample, allow_none=True)
     if args.directions is not None and args.plane is not None:
@@ -171,7 +184,18 @@ def _validate(args: argparse.Namespace) -> dict:
             f"the spectrum {spectrum_path} has no eigenvectors: recompute it with "
             "'deepcurvature spectrum --save-eigvec', or use random directions"
         )
-    checkpoint = args.checkpoint or spec_cfg.get("checkpoint_path")
+    recorded = recorded_path(spec_cfg.get("checkpoint_path"), spectrum_path or ".")
+    checkpoint = args.checkpoint or recorded
+    if (
+        args.checkpoint is not None
+        and recorded is not None
+        and not _same_file(args.checkpoint, recorded)
+    ):
+        warnings.warn(
+            f"the spectrum {spectrum_path} was computed at {recorded}, not at --checkpoint "
+            f"{args.checkpoint}: its eigenvectors are those of another point in weight space",
+            stacklevel=1,
+        )
     if checkpoint is None:
         raise CommandError(
             "no weights to analyse: pass --checkpoint (a checkpoint written by 'deepcurvature "
@@ -212,15 +236,12 @@ def run(args: argparse.Namespace) -> int:
     from ...suite import build_loss_landscape
 
     s = _validate(args)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("landscape-%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} exists and is not a folder")
-    created = not out.exists()
+    folder = claim_output(args, "landscape", LANDSCAPE_FILES)
+    out = folder.path
     console = Console()
     console = Console(width=max(100, console.width))  # the table needs ~95 columns
     written: list[Path] = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    with folder:  # on any failure or interrupt: remove this run's files, and only those
         result = build_loss_landscape(
             s["dataset"],
             s["data_path"],
@@ -252,13 +273,8 @@ def run(args: argparse.Namespace) -> int:
         if result.train_accuracy is not None:
             fig = plot_loss_landscape(result, metric="accuracy")
             written.append(save_figure(fig, out / "landscape-accuracy.png"))
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for p in written:
-                p.unlink(missing_ok=True)
-        raise
+        if args.overwrite:
+            folder.remove_stale()
 
     table = Table(
         title=f"loss landscape of {s['model']} on {s['dataset']}",
@@ -303,6 +319,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"results in {out}/ ({', '.join(p.name for p in written)})")
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).absolute() == Path(b).absolute()
 
 
 def _fmt(x: float | None) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...io.outputs import OutputFolder
 from ..errors import CommandError
+from ._common import check_dpi
 
 NAME = "plot"
 HELP = "draw the figure of a result file: spectrum, training statistics or loss landscape"
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="landscape figure (landscapes only)",
     )
     parser.add_argument("--dpi", type=int, default=150, help="resolution of the PNG")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing figure (refused otherwise)"
+    )
 
 
 def _default_out(kind: str, file: Path, mode: str) -> Path:
@@ -72,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"--metric {args.metric} applies to landscapes only; {source} is a {_NOUN[kind]}"
         )
-    if args.dpi < 10:
-        raise CommandError(f"--dpi must be at least 10, got {args.dpi}")
+    check_dpi(args.dpi)
     variant = args.metric if kind == "landscape" else args.mode
     out = Path(args.out) if args.out else _default_out(kind, file, variant)
     if out.suffix.lower() != ".png":
@@ -83,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
     extra = {"mode": args.mode} if kind == "spectrum" else {}
     if kind == "landscape":
         extra = {"metric": args.metric}
-    _, fig = plot_result(file, **extra)
-    print(save_figure(fig, out, dpi=args.dpi))
-    if args.pdf:
-        print(save_figure(fig, out.with_suffix(".pdf")))
+    names = [out.name] + ([out.with_suffix(".pdf").name] if args.pdf else [])
+    with OutputFolder.claim(
+        out.parent, kind="plot", outputs=names, overwrite=args.overwrite, fix="pass --overwrite"
+    ):
+        _, fig = plot_result(file, **extra)
+        print(save_figure(fig, out, dpi=args.dpi))
+        if args.pdf:
+            print(save_figure(fig, out.with_suffix(".pdf")))
     return 0

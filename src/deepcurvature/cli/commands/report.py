@@ -7,7 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from ...io.outputs import OutputFolder
 from ..errors import CommandError
+from ._common import check_dpi
 
 NAME = "report"
 HELP = "write one self-contained HTML page summarising a run folder"
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--title", default=None, help="page title (default: the folder name)%(default).0s"
     )
     parser.add_argument("--dpi", type=int, default=100, help="resolution of the figures")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing report (refused otherwise)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,11 +43,22 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         hint = " (a file: use 'deepcurvature plot' for one result)" if run_dir.is_file() else ""
         raise CommandError(f"no run folder at {run_dir}{hint}")
-    if args.dpi < 10:
-        raise CommandError(f"--dpi must be at least 10, got {args.dpi}")
-    with warnings.catch_warnings(record=True) as caught:
+    check_dpi(args.dpi)
+    out = Path(args.out) if args.out else run_dir / "report.html"
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder: give the HTML file to write")
+    with (
+        OutputFolder.claim(
+            out.parent,
+            kind="report",
+            outputs=[out.name],
+            overwrite=args.overwrite,
+            fix="pass --overwrite",
+        ),
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.simplefilter("always")
-        path = write_report(run_dir, args.out, title=args.title, dpi=args.dpi)
+        path = write_report(run_dir, out, title=args.title, dpi=args.dpi)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(path)

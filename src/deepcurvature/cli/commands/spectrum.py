@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from ..errors import CommandError
-from ._common import add_curvature_options, positive, train_briefly
+from ._common import (
+    BRIEF_TRAINING_FILES,
+    add_brief_training_option,
+    add_curvature_options,
+    add_output_options,
+    claim_output,
+    positive,
+    resolve_brief_training,
+    train_briefly,
+)
 
 NAME = "spectrum"
 HELP = "learn the Hessian/GGN/Fisher spectrum of a network with Lanczos (the main job)"
@@ -23,6 +30,9 @@ DESCRIPTION = (
     "spectrum.npz, spectrum.json and spectrum.png into --out."
 )
 
+TRAIN_EPOCHS = 10
+#: The files a run writes into --out (with BRIEF_TRAINING_FILES when it trains first).
+SPECTRUM_FILES = ("spectrum.npz", "spectrum.json", "spectrum.png")
 MATRIX_CHOICES = {
     "hessian": "hessian_lanczos",
     "ggn": "ggn_lanczos",
@@ -39,12 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", default=None, help="folder holding the data set's files")
     p.add_argument("--download", action="store_true", help="allow downloading the data set")
     p.add_argument("--checkpoint", default=None, help="checkpoint to analyse (else train briefly)")
-    p.add_argument(
-        "--train-epochs",
-        type=int,
-        default=10,
-        help="epochs of the brief training when no checkpoint is given",
-    )
+    add_brief_training_option(p, TRAIN_EPOCHS)
     p.add_argument(
         "--matrix", choices=sorted(MATRIX_CHOICES), default="hessian", help="curvature matrix"
     )
@@ -58,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate the products in float64")
     p.add_argument("--save-eigvec", action="store_true", help="also save the Ritz vectors")
-    p.add_argument("--out", default=None, help="output folder (default: runs/spectrum-TIME)")
+    add_output_options(p, "spectrum")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -71,8 +76,8 @@ def _validate(args: argparse.Namespace) -> dict:
     positive("--steps", args.steps)
     positive("--probes", args.probes)
     positive("--batch-size", args.batch_size)
-    positive("--train-epochs", args.train_epochs)
     positive("--subsample", args.subsample, allow_none=True)
+    resolve_brief_training(args, TRAIN_EPOCHS)
     ckpt_cfg: dict = {}
     if args.checkpoint is not None:
         if not Path(args.checkpoint).is_file():
@@ -98,16 +103,14 @@ def run(args: argparse.Namespace) -> int:
     from ...suite import compute_eigenspectrum
 
     settings = _validate(args)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("spectrum-%Y%m%d-%H%M%S")
-    created = not out.exists()
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} exists and is not a folder")
+    training = args.checkpoint is None
+    folder = claim_output(args, "spectrum", SPECTRUM_FILES + (BRIEF_TRAINING_FILES * training))
+    out = folder.path
     console = Console(stderr=False)
     verbose = not args.quiet
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    with folder:  # on any failure or interrupt: remove this run's files, and only those
         checkpoint = args.checkpoint
-        if checkpoint is None:
+        if training:
             trained = train_briefly(
                 out, settings["model"], settings["dataset"], args, console, verbose
             )
@@ -141,10 +144,8 @@ def run(args: argparse.Namespace) -> int:
         )
         fig = plot_spectrum(result.density, title=title)
         save_figure(fig, out / "spectrum.png")
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        if args.overwrite:
+            folder.remove_stale()
 
     table = Table(title=title)
     table.add_column("quantity")
@@ -152,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         ("P (parameters)", f"{s['P']:,}"),
         ("N (samples)", f"{s['N']:,}" if s["N"] is not None else "-"),
+        ("Lanczos steps", _steps_text(s)),
         ("lambda_max", f"{s['lambda_max']:.6g}"),
         ("lambda_min", f"{s['lambda_min']:.6g}"),
-        ("negative mass", f"{s['negative_mass']:.4f}"),
+        _negative_mass_row(s),
         ("mass near zero", f"{s['mass_near_zero']:.4f}"),
         ("trace estimate", f"{s['trace_estimate']:.6g}"),
         ("time (s)", f"{s['seconds']:.2f}"),
@@ -166,3 +168,20 @@ def run(args: argparse.Namespace) -> int:
     json.dumps(s, default=str)  # the summary is JSON-ready (also stored in spectrum.json)
     sys.stdout.flush()
     return 0
+
+
+def _steps_text(s: dict) -> str:
+    asked = s.get("steps_requested")
+    if asked is not None and asked != s["steps"]:
+        return f"{s['steps']} (asked for {asked}; clamped to P)"
+    return str(s["steps"])
+
+
+def _negative_mass_row(s: dict) -> tuple[str, str]:
+    """The negative mass as counted below the round-off tolerance, saying which tolerance."""
+    if s.get("psd_by_construction"):
+        return ("negative mass", "0 (PSD by construction)")
+    tol = s.get("negative_mass_tol")
+    if tol is None:
+        return ("negative mass", f"{s['negative_mass']:.4f}")
+    return (f"negative mass (below -{tol:.2g})", f"{s['negative_mass']:.4f}")

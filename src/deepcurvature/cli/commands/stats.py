@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError
-from ._common import add_curvature_options, positive, train_briefly
+from ._common import (
+    BRIEF_TRAINING_FILES,
+    add_brief_training_option,
+    add_curvature_options,
+    add_output_options,
+    claim_output,
+    positive,
+    resolve_brief_training,
+    train_briefly,
+)
 
 NAME = "stats"
 HELP = "loss, gradient-noise and Hessian/GGN-noise statistics of checkpoints (paper section 5)"
@@ -25,6 +32,7 @@ DESCRIPTION = (
     "loss_stats.json (a row per checkpoint) into --out and prints a table."
 )
 
+TRAIN_EPOCHS = 5
 #: rows of the printed table: (label, key, show the standard error)
 TABLE_ROWS = (
     ("train loss", "loss", False),
@@ -60,12 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="checkpoint files and/or run folders (all their checkpoints)",
     )
-    p.add_argument(
-        "--train-epochs",
-        type=int,
-        default=5,
-        help="epochs of the brief training when no checkpoint is given",
-    )
+    add_brief_training_option(p, TRAIN_EPOCHS)
     p.add_argument(
         "--matrix",
         choices=["hessian", "ggn"],
@@ -97,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the mini-batches and probes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate in float64")
-    p.add_argument("--out", default=None, help="output folder (default: runs/stats-TIME)")
+    add_output_options(p, "stats")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -110,7 +113,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
 
     positive("--probes", args.probes)
     positive("--batch-size", args.batch_size)
-    positive("--train-epochs", args.train_epochs)
+    resolve_brief_training(args, TRAIN_EPOCHS)
     positive("--num-batches", args.num_batches, allow_none=True)
     positive("--subsample", args.subsample, allow_none=True)
     checkpoints: list[Path] = []
@@ -129,8 +132,6 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, KeyError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
     model_kwargs = (ckpt_cfg.get("model_kwargs") or {}) if args.model is None else {}
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CommandError(f"--out {args.out} exists and is not a folder")
     return {
         "model": model,
         "dataset": dataset,
@@ -156,14 +157,14 @@ def run(args: argparse.Namespace) -> int:
     from ...suite.loss_stats import compute_loss_stats
 
     settings = _validate(args)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("stats-%Y%m%d-%H%M%S")
-    created = not out.exists()
+    training = not settings["checkpoints"]
+    folder = claim_output(args, "stats", ("loss_stats.json",) + BRIEF_TRAINING_FILES * training)
+    out = folder.path
     console = Console()
     verbose = not args.quiet
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    with folder:  # on any failure or interrupt: remove this run's files, and only those
         checkpoints: list[Path] = settings["checkpoints"]
-        if not checkpoints:
+        if training:
             trained = train_briefly(
                 out, settings["model"], settings["dataset"], args, console, verbose
             )
@@ -191,10 +192,8 @@ def run(args: argparse.Namespace) -> int:
             download=args.download,
             verbose=verbose,
         )
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        if args.overwrite:
+            folder.remove_stale()
 
     first = results[0]
     title = (

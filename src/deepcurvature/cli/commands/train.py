@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from ...io.outputs import OutputFolder
 from ..errors import CommandError
 
 NAME = "train"
@@ -113,6 +114,39 @@ def _json_dict(text: str | None, option: str) -> dict[str, Any] | None:
     return value
 
 
+def _same_optimizer(a: str, b: str) -> bool:
+    def key(name: str) -> str:
+        return str(name).lower().replace("-", "").replace("_", "")
+
+    return key(a) == key(b)
+
+
+def _check_conflicts(args: argparse.Namespace) -> None:
+    """Refuse options that would be silently ignored, and non-finite hyper-parameters."""
+    if not args.swa:
+        given = [
+            flag
+            for flag, value in (
+                ("--swa-start", args.swa_start),
+                ("--swa-lr", args.swa_lr),
+                ("--swa-c-epochs", args.swa_c_epochs),
+            )
+            if value is not None
+        ]
+        if given and args.resume is None:
+            raise CommandError(f"{' and '.join(given)} only apply with --swa: add --swa")
+    for flag, value in (
+        ("--lr", args.lr),
+        ("--momentum", args.momentum),
+        ("--weight-decay", args.weight_decay),
+        ("--swa-lr", args.swa_lr),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CommandError(f"{flag} must be a finite non-negative number, got {value}")
+    if args.lr is not None and args.lr == 0:
+        raise CommandError("--lr must be positive, got 0")
+
+
 def run(args: argparse.Namespace) -> int:
     from ...training import read_checkpoint, train_network
 
@@ -120,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     model_kwargs = _json_dict(args.model_kwargs, "--model-kwargs")
     sched_kwargs = _json_dict(args.schedule_kwargs, "--schedule-kwargs")
     data_kwargs = _json_dict(args.data_kwargs, "--data-kwargs")
+    _check_conflicts(args)
     values = {k: getattr(args, k) for k in _FROM_CONFIG}
     values["model_kwargs"] = model_kwargs
     schedule, use_test, swa = args.schedule, args.use_test, args.swa
@@ -127,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         ckpt = read_checkpoint(args.resume, map_location="cpu")
         cfg = ckpt.get("config") or {}
+        made_by = cfg.get("optimizer")
+        if args.optimizer is not None and made_by and not _same_optimizer(args.optimizer, made_by):
+            raise CommandError(
+                f"{args.resume} was trained with {made_by!r}, not {args.optimizer!r}: resume "
+                f"with --optimizer {made_by} (or leave it out), or start a new run with --dir"
+            )
         for key, cfg_key in _FROM_CONFIG.items():
             if values[key] is None and cfg.get(cfg_key) is not None:
                 values[key] = cfg[cfg_key]
@@ -153,39 +194,41 @@ def run(args: argparse.Namespace) -> int:
     for name in ("lr", "momentum", "weight_decay"):
         if getattr(args, name) is not None:
             opt_kwargs[name] = getattr(args, name)
-    if run_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = str(Path("runs") / f"train-{stamp}")
-    result = train_network(
-        run_dir,
-        values["dataset"],
-        values["data_path"],
-        model=values["model"],
-        optimizer=values["optimizer"],
-        optimizer_kwargs=opt_kwargs,
-        epochs=values["epochs"],
-        batch_size=values["batch_size"],
-        schedule=schedule,
-        schedule_kwargs=sched_kwargs,
-        save_freq=values["save_freq"],
-        eval_freq=values["eval_freq"],
-        use_test=True if use_test is None else use_test,
-        resume=args.resume,
-        swa=swa,
-        swa_start=values["swa_start"],
-        swa_lr=values["swa_lr"],
-        swa_c_epochs=values["swa_c_epochs"],
-        seed=values["seed"],
-        device=args.device,
-        model_kwargs=values["model_kwargs"],
-        verbose=not args.quiet,
-        download=args.download,
-        augment=not args.no_augment,
-        subsample=args.subsample,
-        num_workers=args.num_workers,
-        overwrite=args.overwrite,
-        data_kwargs=data_kwargs,
-    )
+    # a new default folder is made atomically; the checkpoints are train_network's to manage
+    # (a failed run keeps them for --resume), so only folders made here are removed on failure
+    folder = OutputFolder.claim(run_dir, kind="train", outputs=(), overwrite=True)
+    run_dir = str(folder.path)
+    with folder:
+        result = train_network(
+            run_dir,
+            values["dataset"],
+            values["data_path"],
+            model=values["model"],
+            optimizer=values["optimizer"],
+            optimizer_kwargs=opt_kwargs,
+            epochs=values["epochs"],
+            batch_size=values["batch_size"],
+            schedule=schedule,
+            schedule_kwargs=sched_kwargs,
+            save_freq=values["save_freq"],
+            eval_freq=values["eval_freq"],
+            use_test=True if use_test is None else use_test,
+            resume=args.resume,
+            swa=swa,
+            swa_start=values["swa_start"],
+            swa_lr=values["swa_lr"],
+            swa_c_epochs=values["swa_c_epochs"],
+            seed=values["seed"],
+            device=args.device,
+            model_kwargs=values["model_kwargs"],
+            verbose=not args.quiet,
+            download=args.download,
+            augment=not args.no_augment,
+            subsample=args.subsample,
+            num_workers=args.num_workers,
+            overwrite=args.overwrite,
+            data_kwargs=data_kwargs,
+        )
     last = result.stats[-1] if result.stats else {}
     acc = last.get("test_accuracy")
     tail = f", final test accuracy {acc:.4f}" if acc is not None else ""

@@ -1,0 +1,180 @@
+"""How the command line reports a failure: one line naming the problem and the fix.
+
+Every exception a user can cause (bad options, bad or hostile files, full or read-only disks,
+diverged training, interrupts) becomes one line on stderr and a non-zero exit status:
+
+* 2: bad input (options, files, paths, models, data sets): :class:`CommandError`,
+  ``ValueError``, ``TypeError``, ``KeyError``, ``FileNotFoundError``, ``FileExistsError``,
+  ``NotADirectoryError``, ``IsADirectoryError``;
+* 1: the run failed (file-system errors, diverged training, non-finite curvature, out of memory,
+  an error inside torch) and anything unexpected (reported as an internal error);
+* 130 / 143: interrupted by SIGINT / SIGTERM (this process's partial files are removed).
+
+``--debug`` (or ``DEEPCURVATURE_DEBUG=1``) prints the traceback as well.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import sys
+import warnings
+from types import FrameType
+from typing import Any
+
+from .errors import CommandError
+
+__all__ = [
+    "Terminated",
+    "exit_status",
+    "failure_line",
+    "install_signal_handlers",
+    "install_warning_format",
+]
+
+#: API argument names in library messages and the command-line options that set them.
+_CLI_WORDING = (
+    (r"\boverwrite=True\b", "--overwrite"),
+    (r"\bresume=<checkpoint>", "--resume CHECKPOINT"),
+    (r"\bresume=", "--resume "),
+    (r"\bepochs=", "--epochs "),
+    (r"\blanczos_iters=", "--steps "),
+    (r"\bsteps=", "--steps "),
+    (r"\bprobes=", "--probes "),
+    (r"\bnum_subsamples=", "--subsample "),
+    (r"\bsubsample=", "--subsample "),
+    (r"\bweight_decay=", "--weight-decay "),
+    (r"\blr=", "--lr "),
+    (r"\bmomentum=", "--momentum "),
+    (r"\bbatch_size=", "--batch-size "),
+    (r"\bsave_freq=", "--save-freq "),
+    (r"\beval_freq=", "--eval-freq "),
+    (r"\bswa_start=", "--swa-start "),
+    (r"\bswa_lr=", "--swa-lr "),
+    (r"\bdevice=", "--device "),
+    (r"\boptimizer=", "--optimizer "),
+    (r"\bmodel_kwargs=", "--model-kwargs "),
+    (r"\bdata_kwargs=", "--data-kwargs "),
+    (r"\bcheckpoint_path=", "--checkpoint "),
+    (r"\bsave_eigvec=True\b", "--save-eigvec"),
+)
+
+#: Sentences of other libraries' messages that must never reach a user of a hostile file.
+_UNSAFE_ADVICE = re.compile(
+    r"[^.;]*(weights_only[^.;]*False|allow_pickle=True|unsafely)[^.;]*[.;]?",
+    re.IGNORECASE,
+)
+
+_ERRNO_FIX = {
+    errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+    errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+    errno.ENOSPC: "the disk is full: free some space or choose an output folder on another disk",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another output folder",
+    errno.EFBIG: "the file is larger than this system allows: choose another output folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder: give a file",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.ENOENT: "check the path",
+    errno.EEXIST: "choose another path",
+}
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM unwinds like SIGINT, so that a run cleans up its partial files."""
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # pragma: no cover - not the main thread (e.g. embedded use)
+        pass
+
+
+def install_warning_format(command: str) -> None:
+    """Print warnings as one ``deepcurvature COMMAND: warning: ...`` line each."""
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+        text = " ".join(str(message).split())
+        print(f"deepcurvature {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
+def _os_message(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    names = [n for n in (exc.filename, exc.filename2) if n]
+    where = f"{names[0]}: " if names else ""
+    fix = _ERRNO_FIX.get(exc.errno or -1)
+    if isinstance(exc, FileExistsError | FileNotFoundError) and not exc.strerror:
+        return str(exc)  # our own messages, which name the file and the fix
+    text = f"{where}{what}"
+    if fix and exc.errno is not None and what == os.strerror(exc.errno):  # the system's words
+        text += f" ({fix})"
+    return text
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, MemoryError):
+        return (
+            f"out of memory{': ' + str(exc) if str(exc) else ''} (lower --probes, --steps or "
+            "--batch-size, or use --params to select fewer parameters)"
+        )
+    if isinstance(exc, OSError):
+        return _os_message(exc)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "out of memory" in text.lower():
+        return "out of memory (lower --batch-size, --probes or --steps): " + text.split("\n")[0]
+    if not text:
+        return type(exc).__name__
+    return text
+
+
+def failure_line(command: str, exc: BaseException) -> str:
+    """The one line printed for ``exc``: problem and fix, in the command line's words."""
+    if isinstance(exc, KeyboardInterrupt | Terminated):
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        return f"deepcurvature {command}: interrupted ({how}); partial files of this run removed"
+    text = _message(exc)
+    text = _UNSAFE_ADVICE.sub("", text)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    text = "; ".join(line for line in lines if line) or type(exc).__name__
+    for pattern, option in _CLI_WORDING:
+        text = re.sub(pattern, option, text)
+    expected = (CommandError, ValueError, TypeError, KeyError, OSError, ArithmeticError)
+    if not isinstance(exc, (*expected, MemoryError, RuntimeError)):
+        text = (
+            f"internal error ({type(exc).__name__}): {text}. Run again with --debug for the "
+            "traceback and report it"
+        )
+    return f"deepcurvature {command}: error: {text}"
+
+
+def exit_status(exc: BaseException) -> int:
+    """2 for bad input, 1 for a failed run, 130/143 for SIGINT/SIGTERM."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, Terminated):
+        return 143
+    bad_input = (
+        CommandError,
+        ValueError,
+        TypeError,
+        KeyError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+    )
+    if isinstance(exc, bad_input):
+        return 2
+    return 1
