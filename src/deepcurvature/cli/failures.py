@@ -61,11 +61,19 @@ _CLI_WORDING = (
     (r"\bsave_eigvec=True\b", "--save-eigvec"),
 )
 
-#: Sentences of other libraries' messages that must never reach a user of a hostile file.
-_UNSAFE_ADVICE = re.compile(
-    r"[^.;]*(weights_only[^.;]*False|allow_pickle=True|unsafely)[^.;]*[.;]?",
-    re.IGNORECASE,
-)
+#: Words of other libraries' advice to load a file unsafely, which must never reach a user of a
+#: garbage or hostile file: a message is cut before the clause that holds one.
+_UNSAFE_ADVICE = re.compile(r"weights_only|allow_pickle|unsafe|WeightsUnpickler", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"(\. |: |; |\n)")
+
+
+def _without_unsafe_advice(text: str) -> str:
+    hit = _UNSAFE_ADVICE.search(text)
+    if hit is None:
+        return text
+    ends = [m.start() for m in _CLAUSE_END.finditer(text, 0, hit.start())]
+    kept = text[: ends[-1]] if ends else text[: hit.start()]
+    return kept.rstrip(" .:;(,") or "the file is not valid"
 
 _ERRNO_FIX = {
     errno.EACCES: "choose a folder you can write to (or fix its permissions)",
@@ -145,7 +153,7 @@ def failure_line(command: str, exc: BaseException) -> str:
         how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
         return f"deepcurvature {command}: interrupted ({how}); partial files of this run removed"
     text = _message(exc)
-    text = _UNSAFE_ADVICE.sub("", text)
+    text = _without_unsafe_advice(text)
     lines = [" ".join(line.split()) for line in text.splitlines()]
     text = "; ".join(line for line in lines if line) or type(exc).__name__
     for pattern, option in _CLI_WORDING:

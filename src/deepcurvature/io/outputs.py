@@ -144,8 +144,7 @@ class OutputFolder:
             if conflicts:
                 raise OutputExistsError(path, conflicts, fix)
         created = make_dirs(path)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "the folder is not writable", str(path))
+        _check_writable(path)
         return cls(path, outputs, created)
 
     def _now(self) -> set[Path]:
@@ -206,6 +205,14 @@ class OutputFolder:
     ) -> None:
         if exc_type is not None:
             self.cleanup()
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, with the system's reason, when nothing can be written into ``path``."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
