@@ -28,38 +28,76 @@ from .errors import CommandError
 
 __all__ = [
     "Terminated",
+    "cli_wording",
     "exit_status",
     "failure_line",
     "install_signal_handlers",
     "install_warning_format",
 ]
 
-#: API argument names in library messages and the command-line options that set them.
-_CLI_WORDING = (
-    (r"\boverwrite=True\b", "--overwrite"),
-    (r"\bresume=<checkpoint>", "--resume CHECKPOINT"),
-    (r"\bresume=", "--resume "),
-    (r"\bepochs=", "--epochs "),
-    (r"\blanczos_iters=", "--steps "),
-    (r"\bsteps=", "--steps "),
-    (r"\bprobes=", "--probes "),
-    (r"\bnum_subsamples=", "--subsample "),
-    (r"\bsubsample=", "--subsample "),
-    (r"\bweight_decay=", "--weight-decay "),
-    (r"\blr=", "--lr "),
-    (r"\bmomentum=", "--momentum "),
-    (r"\bbatch_size=", "--batch-size "),
-    (r"\bsave_freq=", "--save-freq "),
-    (r"\beval_freq=", "--eval-freq "),
-    (r"\bswa_start=", "--swa-start "),
-    (r"\bswa_lr=", "--swa-lr "),
-    (r"\bdevice=", "--device "),
-    (r"\boptimizer=", "--optimizer "),
-    (r"\bmodel_kwargs=", "--model-kwargs "),
-    (r"\bdata_kwargs=", "--data-kwargs "),
-    (r"\bcheckpoint_path=", "--checkpoint "),
-    (r"\bsave_eigvec=True\b", "--save-eigvec"),
-)
+#: Library messages name API arguments; the command line says which option sets them. Names in
+#: ``_OPTIONS`` are replaced where a message uses them as arguments (``name=`` or ``name must``).
+_OPTIONS_ALL = {
+    "overwrite": "--overwrite",
+    "resume": "--resume",
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "num_subsamples": "--subsample",
+    "subsample": "--subsample",
+    "subsample_seed": "--subsample-seed",
+    "params": "--params",
+    "checkpoint_path": "--checkpoint",
+    "model_kwargs": "--model-kwargs",
+    "download": "--download",
+    "data_path": "--data-path",
+}
+_OPTIONS = {
+    "train": {
+        "epochs": "--epochs",
+        "eval_freq": "--eval-freq",
+        "save_freq": "--save-freq",
+        "swa_start": "--swa-start",
+        "swa_lr": "--swa-lr",
+        "swa_c_epochs": "--swa-c-epochs",
+        "lr": "--lr",
+        "momentum": "--momentum",
+        "weight_decay": "--weight-decay",
+        "optimizer": "--optimizer",
+        "optimizer_kwargs": "--optimizer-kwargs",
+        "schedule_kwargs": "--schedule-kwargs",
+        "data_kwargs": "--data-kwargs",
+        "num_workers": "--num-workers",
+        "seed": "--seed",
+    },
+    "spectrum": {
+        "lanczos_iters": "--steps",
+        "steps": "--steps",
+        "probes": "--probes",
+        "epochs": "--train-epochs",
+        "save_eigvec": "--save-eigvec",
+    },
+    "stats": {"probes": "--probes", "num_batches": "--num-batches", "epochs": "--train-epochs"},
+    "landscape": {"n_points": "--n-points", "dist": "--dist", "spectrum_path": "--spectrum"},
+    "demo": {"steps": "--steps", "sizes": "--sizes", "seed": "--seed"},
+    "plot": {"dpi": "--dpi"},
+    "report": {"dpi": "--dpi"},
+}
+
+
+def cli_wording(command: str, text: str) -> str:
+    """Replace API argument names in ``text`` by the options of ``command`` that set them."""
+    text = re.sub(r"\bresume=<checkpoint>", "--resume CHECKPOINT", text)
+    names = {**_OPTIONS_ALL, **_OPTIONS.get(command, {})}
+    for flag_name in ("overwrite", "save_eigvec", "download"):
+        if flag_name in names:
+            text = re.sub(rf"(?<![-\w.]){flag_name}=True\b", names[flag_name], text)
+    for name, flag in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(rf"(?<![-\w.]){name}=(?!=)", f"{flag} ", text)
+        text = re.sub(rf"(?<![-\w.]){name}(?= must| [<>]=? )", flag, text)
+        if "_" in name:  # a snake_case name is an argument wherever it appears
+            text = re.sub(rf"(?<![-\w.]){name}\b", flag, text)
+    return text
+
 
 #: Words of other libraries' advice to load a file unsafely, which must never reach a user of a
 #: garbage or hostile file: a message is cut before the clause that holds one.
@@ -74,6 +112,7 @@ def _without_unsafe_advice(text: str) -> str:
     ends = [m.start() for m in _CLAUSE_END.finditer(text, 0, hit.start())]
     kept = text[: ends[-1]] if ends else text[: hit.start()]
     return kept.rstrip(" .:;(,") or "the file is not valid"
+
 
 _ERRNO_FIX = {
     errno.EACCES: "choose a folder you can write to (or fix its permissions)",
@@ -110,7 +149,7 @@ def install_warning_format(command: str) -> None:
     """Print warnings as one ``deepcurvature COMMAND: warning: ...`` line each."""
 
     def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
-        text = " ".join(str(message).split())
+        text = cli_wording(command, " ".join(str(message).split()))
         print(f"deepcurvature {command}: warning: {text}", file=sys.stderr, flush=True)
 
     warnings.showwarning = show
@@ -156,8 +195,7 @@ def failure_line(command: str, exc: BaseException) -> str:
     text = _without_unsafe_advice(text)
     lines = [" ".join(line.split()) for line in text.splitlines()]
     text = "; ".join(line for line in lines if line) or type(exc).__name__
-    for pattern, option in _CLI_WORDING:
-        text = re.sub(pattern, option, text)
+    text = cli_wording(command, text)
     expected = (CommandError, ValueError, TypeError, KeyError, OSError, ArithmeticError)
     if not isinstance(exc, (*expected, MemoryError, RuntimeError)):
         text = (

@@ -225,7 +225,15 @@ def get_model(
     with ctx:
         if seed is not None:
             torch.manual_seed(int(seed))
-        model = entry.factory(num_classes, in_channels, size, **options)
+        try:
+            model = entry.factory(num_classes, in_channels, size, **options)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            given = {k: v for k, v in kwargs.items()}
+            raise ValueError(
+                f"cannot build model {entry.name!r} with options {given} "
+                f"(num_classes={num_classes}, in_channels={in_channels}, input_size={size}): "
+                f"{exc}"
+            ) from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"the factory of model {entry.name!r} returned {type(model).__name__}")
     return model
