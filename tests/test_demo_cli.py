@@ -196,7 +196,7 @@ def test_demo_cli_bad_steps_exits_nonzero_and_writes_nothing(tmp_path):
     out = tmp_path / "never"
     proc = cli("demo", "--out", str(out), "--steps", "0", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "deepcurvature demo: error: steps must be a positive integer" in proc.stderr
+    assert "deepcurvature demo: error: --steps must be a positive integer" in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

@@ -151,7 +151,9 @@ def test_kfac_preconditioner_solves_the_damped_kronecker_system(mode):
     x, y = _digits(32)
     model = _mlp(torch.float64)
     lam = 1e-2
-    opt = dc.KFAC(model, fisher="empirical", damping=lam, damping_mode=mode, momentum=0.0)
+    opt = dc.KFAC(
+        model, fisher="empirical", damping=lam, damping_mode=mode, momentum=0.0, kl_clip=None
+    )  # unclipped, so that the step is exactly -lr V
     F.cross_entropy(model(x.double()), y).backward()
     layer = model[0]
     grad = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], 1).clone()

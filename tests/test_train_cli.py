@@ -57,7 +57,7 @@ def test_train_two_epochs_then_resume(tmp_path):
     "args,message",
     [
         (["--optimizer", "nope"], "unknown optimizer 'nope'"),
-        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--epochs", "-1"], "--epochs must be 0 or a positive integer"),
         (["--optimizer-kwargs", "{bad"], "--optimizer-kwargs is not valid JSON"),
         (["--model", "no-such-model"], "no-such-model"),
         (["--dataset", "cifar10", "--data-path", "nowhere"], "cifar"),

@@ -314,11 +314,25 @@ def _bytes(obj):
     return buf
 
 
+def test_zero_epochs_writes_the_seeded_initial_weights_only(tmp_path):
+    res = dc.train_network(tmp_path / "run", _loaders(), model=_mlp(), epochs=0, seed=3,
+                           verbose=False)  # fmt: skip
+    assert [p.name for p in res.checkpoints] == ["checkpoint-00000.pt"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoint-00000.pt",
+        "stats.json",
+    ]
+    assert res.stats == []
+    saved = dc.load_checkpoint(res.final_checkpoint)["state_dict"]
+    for k, v in res.model.state_dict().items():  # untouched: no step was taken
+        assert torch.equal(saved[k], v.cpu()), k
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_arguments_fail_before_writing(tmp_path):
     run = tmp_path / "run"
     cases = [
-        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"epochs": -1}, "epochs must be 0 or a positive integer"),
         ({"optimizer": "nope"}, "unknown optimizer"),
         ({"optimizer_kwargs": {"betas": 1}}, "does not take"),
         ({"schedule": "nope"}, "unknown schedule"),

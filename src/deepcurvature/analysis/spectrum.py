@@ -18,11 +18,17 @@ import torch
 from torch import nn
 
 from ..io.results import load_npz_json, save_npz_json
-from ..linalg.density import SpectralDensity
+from ..linalg.density import (
+    PSD_MATRICES,
+    SpectralDensity,
+    canonical_matrix,
+    density_metadata_from_file,
+    is_psd_matrix,
+)
 from ..linalg.lanczos import LanczosResult, lanczos
 from ..linalg.operator import LinearOperator, as_operator
 
-__all__ = ["MATRICES", "SpectrumResult", "curvature_operator", "spectrum"]
+__all__ = ["MATRICES", "PSD_MATRICES", "SpectrumResult", "curvature_operator", "spectrum"]
 
 MATRICES = ("hessian", "ggn", "fisher", "fisher_mc")
 
@@ -38,7 +44,8 @@ class SpectrumResult:
         ritz_vectors: ``(P, m)`` Ritz vectors of the first probe (columns ordered like
             ``ritz_values``), when they were asked for; else ``None``.
         ritz_values: ``(m,)`` Ritz values of the first probe, ascending.
-        config: how the spectrum was computed (matrix, steps, probes, seed, model, data...).
+        config: how the spectrum was computed (matrix, steps, steps_requested, probes, seed,
+            dtype, model, data...).
         info: sizes and timings: ``P`` (parameters), ``N`` (samples), ``seconds``,
             ``seconds_per_step`` (list), ...
     """
@@ -51,15 +58,36 @@ class SpectrumResult:
     config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def psd_by_construction(self) -> bool:
+        """Whether ``config["matrix"]`` is ``"ggn"``, ``"fisher"`` or ``"fisher_mc"``.
+
+        Without a matrix in the config: what the density's metadata says.
+        """
+        matrix = self.config.get("matrix")
+        if matrix is None:
+            return self.density.psd_by_construction
+        return is_psd_matrix(matrix)
+
     def summary(self) -> dict[str, Any]:
-        """Summary statistics of the density together with P, N and the run time."""
-        out = dict(self.density.summary())
+        """Summary statistics of the density together with P, N and the run time.
+
+        Besides :meth:`SpectralDensity.summary` (whose ``negative_mass`` counts below the
+        round-off tolerance ``negative_mass_tol = negative_mass_rtol * max|theta|``, with the strict
+        count ``negative_mass_strict``): ``P``, ``N``, ``matrix``, ``steps`` (run),
+        ``steps_requested`` (asked for; larger than ``steps`` when clamped to ``P``; ``None`` in
+        files written before it was recorded), ``probes``, ``seconds`` and
+        ``psd_by_construction``. For a GGN or Fisher (PSD by construction) negative Ritz values
+        can only be round-off: ``negative_mass`` is 0 and ``note`` says so.
+        """
+        out = dict(self.density.summary(psd_by_construction=self.psd_by_construction))
         out.update(
             {
                 "P": self.info.get("P"),
                 "N": self.info.get("N"),
                 "matrix": self.config.get("matrix"),
                 "steps": self.config.get("steps"),
+                "steps_requested": self.config.get("steps_requested"),
                 "probes": self.config.get("probes"),
                 "seconds": self.info.get("seconds"),
             }
@@ -107,7 +135,7 @@ class SpectrumResult:
             arrays["weights"],
             dim=meta.get("dim"),
             probe_index=arrays.get("probe_index"),
-            metadata=meta.get("density_metadata", {}),
+            metadata=density_metadata_from_file(meta),
         )
         eig = arrays.get("eigvecs")
         return cls(
@@ -143,16 +171,24 @@ def curvature_operator(
     """
     from .. import operators
 
-    key = matrix.lower().replace("-", "_")
+    key = canonical_matrix(matrix)
     if key == "hessian":
         return operators.hessian(model, loss_fn, data, **kwargs)
-    if key in ("ggn", "gauss_newton"):
+    if key == "ggn":
         return operators.ggn(model, loss_fn, data, **kwargs)
-    if key in ("fisher", "fisher_empirical", "empirical_fisher"):
+    if key == "fisher":
         return operators.fisher(model, loss_fn, data, kind="empirical", **kwargs)
-    if key in ("fisher_mc", "mc_fisher"):
+    if key == "fisher_mc":
         return operators.fisher(model, loss_fn, data, kind="mc", **kwargs)
     raise ValueError(f"unknown curvature matrix {matrix!r}: use one of {', '.join(MATRICES)}")
+
+
+def _operator_matrix_name(op: LinearOperator) -> str:
+    """The name of a curvature operator's matrix (``"ggn"``...), else ``"operator"``."""
+    name = getattr(op, "matrix_name", None) or getattr(op, "curvature", None)
+    if name == "fisher" and getattr(op, "kind", None) == "mc":
+        return "fisher_mc"
+    return name if canonical_matrix(name) in MATRICES else "operator"
 
 
 def spectrum(
@@ -179,7 +215,8 @@ def spectrum(
         loss_fn: the mean-reduction loss (models only).
         data: iterable of ``(inputs, targets)`` batches (models only).
         matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"fisher_mc"`` (models only).
-        steps: Lanczos steps ``m`` per probe.
+        steps: Lanczos steps ``m`` per probe (clamped to ``P`` with a warning; ``config``
+            records ``steps`` run and ``steps_requested``).
         probes: number of random probe vectors ``n_v`` (they share each data pass).
         seed: seed of the probes (recorded in the result).
         probe: ``"rademacher"`` or ``"gaussian"``.
@@ -204,7 +241,7 @@ def spectrum(
                 f"operator options {sorted(operator_kwargs)} only apply when a model is given"
             )
         op = as_operator(op_or_model)
-        matrix = getattr(op, "matrix_name", "operator")
+        matrix = _operator_matrix_name(op)
     t_build = time.perf_counter() - t0
     res: LanczosResult = lanczos(
         op,
@@ -221,6 +258,7 @@ def spectrum(
     cfg = {
         "matrix": matrix,
         "steps": res.steps,
+        "steps_requested": res.steps_requested,
         "probes": res.n_probes,
         "seed": res.seed,
         "probe": res.probe,
@@ -235,11 +273,12 @@ def spectrum(
         "seconds_build": t_build,
         "seconds_per_step": res.step_times,
         "steps_done": res.steps_done,
+        "steps_clamped": res.steps_requested is not None and res.steps_requested > res.steps,
         "broke_down": [bool(b) for b in res.broke_down],
         "device": str(op.device),
     }
     density = res.density()
-    density.metadata.update({"matrix": matrix})
+    density.metadata.update({"matrix": matrix, "psd_by_construction": is_psd_matrix(matrix)})
     return SpectrumResult(
         density=density,
         alphas=res.alphas,

@@ -211,6 +211,8 @@ def exit_status(exc: BaseException) -> int:
         return 130
     if isinstance(exc, Terminated):
         return 143
+    if isinstance(exc, ArithmeticError):  # diverged training, non-finite curvature
+        return 1
     bad_input = (
         CommandError,
         ValueError,

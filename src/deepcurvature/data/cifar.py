@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io.errors import read_failure
 from .download import download_with_torchvision
 from .errors import DatasetNotFoundError
 from .image_dataset import ImageDataset
@@ -87,12 +88,18 @@ def _key(d: dict, name: str) -> Any:
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = safe_load_pickle(path)
     if not isinstance(batch, dict):
-        raise ValueError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}")
+        raise ValueError(
+            f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}; delete it and "
+            "download the data set again"
+        )
     try:
         data = np.asarray(_key(batch, "data"))
         labels = np.asarray(_key(batch, label_key), dtype=np.int64).reshape(-1)
-    except ValueError as exc:
-        raise ValueError(f"{path} is not a CIFAR batch ({exc})") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(
+            f"{path} is not a CIFAR batch ({read_failure(exc).reason}); delete it and download "
+            "the data set again"
+        ) from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
             f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {data.dtype} "
@@ -147,7 +154,7 @@ def read_cifar(
         if isinstance(meta, dict):
             try:
                 names = _decode(_key(meta, names_key))
-            except ValueError:
+            except (ValueError, TypeError):
                 names = None
     return images, labels, names
 

@@ -14,11 +14,14 @@ values in row-major order.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io.errors import read_failure, unreadable_file
 from .download import download_with_torchvision
 from .errors import DatasetNotFoundError
 from .image_dataset import ImageDataset
@@ -75,9 +78,20 @@ def read_idx(path: str | Path) -> np.ndarray:
         ValueError: not an idx file, or a truncated/oversized one.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise unreadable_file(path, "idx file", exc) from None
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(
+                f"{path} is not a valid gzip file ({read_failure(exc).reason}): it is truncated "
+                "or corrupt; delete it and download the data set again"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an idx file (bad magic number {raw[:4]!r})")
     dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
@@ -85,7 +99,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path} is truncated (incomplete header)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(raw) != header + count * dtype.itemsize:
         raise ValueError(
             f"{path} holds {len(raw) - header} data bytes but its header announces shape "

@@ -56,6 +56,5 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_write(path, "w") as fh:
-        fh.write(text)
+    """Write ``text`` (UTF-8, whatever the locale) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))

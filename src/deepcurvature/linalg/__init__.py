@@ -1,6 +1,11 @@
 """Matrix-free linear algebra on any symmetric linear operator (no torch.nn, models or data)."""
 
-from .density import SpectralDensity
+from .density import (
+    NEGATIVE_MASS_RTOL,
+    NEGATIVE_MASS_RTOL_BY_PRECISION,
+    PSD_MATRICES,
+    SpectralDensity,
+)
 from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosResult, lanczos, tridiagonal_eigh
 from .operator import (
@@ -16,6 +21,9 @@ from .probes import draw_probes
 from .trace import DiagonalEstimate, TraceEstimate, diagonal, trace
 
 __all__ = [
+    "NEGATIVE_MASS_RTOL",
+    "NEGATIVE_MASS_RTOL_BY_PRECISION",
+    "PSD_MATRICES",
     "CallableOperator",
     "DenseOperator",
     "DiagonalEstimate",

@@ -24,7 +24,7 @@ import torch
 
 from ..progress import ProgressBar
 from .density import SpectralDensity
-from .operator import as_operator
+from .operator import as_operator, lower_precision
 from .probes import draw_probes, resolve_seed
 
 __all__ = ["LanczosResult", "lanczos", "tridiagonal_eigh"]
@@ -62,7 +62,13 @@ class LanczosResult:
         start_norms: ``(n_probes,)`` the norms of the start vectors.
         broke_down: ``(n_probes,)`` whether each probe stopped at an invariant subspace.
         dim: ``P``.
-        steps: the number of steps asked for (after clamping to ``P``).
+        steps: the number of steps per probe, after clamping to ``P`` (a probe that broke down
+            ran fewer: :attr:`steps_done`).
+        steps_requested: the number of steps asked for before clamping (``> steps`` when
+            ``steps`` exceeded ``P``); ``None`` if unknown.
+        precision: name of the floating dtype limiting the accuracy of the run (the lower of the
+            operator's products and the basis), e.g. ``"float32"``: it sets the round-off
+            tolerance of :meth:`SpectralDensity.negative_mass`.
         seed: the seed the probes were drawn with (``None`` for given start vectors).
         probe: ``"rademacher"``, ``"gaussian"`` or ``"given"``.
         step_times: wall-clock seconds of each step (all probes together).
@@ -80,6 +86,8 @@ class LanczosResult:
     seed: int | None
     probe: str
     step_times: list[float] = field(default_factory=list)
+    steps_requested: int | None = None
+    precision: str | None = None
     ritz_vectors: list[torch.Tensor] | None = None
     basis: list[torch.Tensor] | None = None
     residuals: list[torch.Tensor] | None = None
@@ -109,11 +117,14 @@ class LanczosResult:
         meta: dict[str, Any] = {
             "method": "stochastic Lanczos quadrature",
             "steps": self.steps,
+            "steps_requested": self.steps_requested,
             "steps_done": self.steps_done,
             "probes": n,
             "probe": self.probe,
             "seed": self.seed,
         }
+        if self.precision is not None:
+            meta["precision"] = self.precision
         return SpectralDensity(nodes, weights, dim=self.dim, probe_index=index, metadata=meta)
 
 
@@ -139,7 +150,8 @@ def lanczos(
 
     Args:
         op: a :class:`LinearOperator` or anything :func:`as_operator` takes; ``(P, P)`` symmetric.
-        steps: Lanczos steps ``m`` per probe; clamped to ``P`` with a warning.
+        steps: Lanczos steps ``m`` per probe; clamped to ``P`` with a warning (the result
+            records both: ``steps`` and ``steps_requested``).
         probes: number of independent random start vectors ``n_v`` (all share one ``matmat``
             per step).
         seed: seed of the random start vectors (drawn on the CPU; a fresh one when ``None``,
@@ -158,9 +170,12 @@ def lanczos(
         A :class:`LanczosResult`; ``result.density()`` is the spectral density of equation 25.
 
     Raises:
-        ValueError: bad ``steps``/``probes``/``start``, a zero start vector, or a non-symmetric
-            dense matrix.
-        FloatingPointError: the operator returned a non-finite product (names the step).
+        ValueError: bad ``steps``/``probes``/``start``, a zero start vector, a dense matrix
+            with NaN or infinite entries ("not finite", checked before symmetry) or a
+            non-symmetric one.
+        TypeError: a complex matrix or operator.
+        FloatingPointError: the operator's product is not finite (NaN or infinity in ``A v``,
+            seen in the scalars alpha and beta of that step): names the step and the probe.
     """
     op = as_operator(op)
     if op.symmetric is False:
@@ -171,6 +186,7 @@ def lanczos(
     P = op.shape[0]
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps_requested = int(steps)
     if steps > P:
         warnings.warn(
             f"steps={steps} exceeds the dimension P={P}; running {P} steps instead",
@@ -245,8 +261,10 @@ def lanczos(
                 a_i, b_i = ab[0, i], ab[1, i]
                 if not (math.isfinite(a_i) and math.isfinite(b_i)):
                     raise FloatingPointError(
-                        f"the operator product at Lanczos step {j + 1} (probe {i}) is not finite "
-                        f"(alpha={a_i}, beta={b_i}); check the operator for NaN/inf"
+                        f"the operator's product is not finite at step {j + 1} (probe {i}: "
+                        f"alpha={a_i}, beta={b_i}): A v holds NaN or infinity; check the "
+                        "operator (model, loss, data) for NaN or infinity, e.g. "
+                        "torch.isfinite(op.matvec(v)).all()"
                     )
                 alphas[i, j], betas[i, j] = a_i, b_i
                 scale[i] = max(scale[i], abs(a_i), b_i, betas[i, j - 1] if j else 0.0)
@@ -296,6 +314,8 @@ def lanczos(
         broke_down=broke,
         dim=P,
         steps=steps,
+        steps_requested=steps_requested,
+        precision=str(lower_precision(op.product_dtype, bdtype)).removeprefix("torch."),
         seed=used_seed,
         probe=probe_kind,
         step_times=step_times,

@@ -2,8 +2,16 @@
 
 from .gadam import Gadam, GadamW, IterateAveraging
 from .kfac import KFAC
-from .registry import build_optimizer, list_optimizers, optimizer_defaults, register_optimizer
+from .registry import (
+    build_optimizer,
+    check_optimizer_arguments,
+    list_optimizers,
+    optimizer_defaults,
+    register_optimizer,
+    same_optimizer,
+)
 from .swats import SWATS
+from .validation import check_hyperparameters
 
 __all__ = [
     "KFAC",
@@ -12,7 +20,10 @@ __all__ = [
     "GadamW",
     "IterateAveraging",
     "build_optimizer",
+    "check_hyperparameters",
+    "check_optimizer_arguments",
     "list_optimizers",
     "optimizer_defaults",
     "register_optimizer",
+    "same_optimizer",
 ]

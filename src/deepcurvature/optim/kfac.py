@@ -18,10 +18,20 @@ as is). Damped inverses are recomputed every ``inv_update_freq`` steps and the l
 ``V = G_d^{-1} grad_W_bar A_d^{-1}`` (``damping_mode="pi"``: ``A_d = A + pi sqrt(lambda) I``,
 ``G_d = G + sqrt(lambda) / pi I``, ``pi = sqrt((tr A / dim A) / (tr G / dim G))``;
 ``"factored"``: ``pi = 1``; ``"eigen"``: the exact ``(G (x) A + lambda I)^{-1}`` through the
-factors' eigendecompositions). Optional KL clipping rescales the K-FAC directions by
+factors' eigendecompositions). KL clipping rescales the K-FAC directions by
 ``min(1, sqrt(kl_clip / (lr^2 sum V . grad)))``. Weight decay is added after preconditioning and
 all parameters take an SGD-with-momentum step; parameters of other layer types (and of grouped or
 non-zero-padded convolutions) use their plain gradients.
+
+Defaults: ``damping=1e-2`` and ``kl_clip=1e-3`` (as common K-FAC implementations clip by KL).
+Without clipping, and with little damping, a step in a low-curvature direction is up to
+``1 / damping`` times a gradient step: on the digits MLP, ``damping=1e-3`` without clipping
+reaches a loss of ~1e11 in the first epoch at ``lr=0.01`` and diverges; with the defaults the same
+network trains to 0.95-0.97 test accuracy for every ``lr`` from 1e-3 to 1.
+
+A non-finite Kronecker factor, a failed Cholesky or eigen-decomposition of a damped factor, or a
+non-finite update raises ``FloatingPointError`` naming the layer (``train_network`` reports it as
+a diverged run). The update check costs one read of one number per step.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .validation import check_hyperparameters
 
 __all__ = ["KFAC"]
 
@@ -47,6 +59,11 @@ class _Layer:
     module: nn.Module
     weight: nn.Parameter
     bias: nn.Parameter | None
+
+    @property
+    def label(self) -> str:
+        """The module name, or its type for the model itself."""
+        return self.name or type(self.module).__name__
 
 
 def _conv_padding(module: nn.Conv2d) -> tuple[int, int] | None:
@@ -91,7 +108,8 @@ class KFAC(torch.optim.Optimizer):
         likelihood: ``"categorical"`` (softmax cross-entropy) or ``"gaussian"`` (squared error);
             used to sample labels when ``fisher="mc"``.
         damping_mode: ``"pi"``, ``"factored"`` or ``"eigen"`` (see the module docstring).
-        kl_clip: KL clipping threshold, or ``None`` for none.
+        kl_clip: KL clipping threshold, or ``None`` for none (see the module docstring for why
+            it is on by default).
         nesterov: Nesterov momentum.
     """
 
@@ -101,14 +119,14 @@ class KFAC(torch.optim.Optimizer):
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        damping: float = 1e-3,
+        damping: float = 1e-2,
         stat_decay: float = 0.95,
         cov_update_freq: int = 1,
         inv_update_freq: int = 10,
         fisher: str = "mc",
         likelihood: str = "categorical",
         damping_mode: str = "pi",
-        kl_clip: float | None = None,
+        kl_clip: float | None = 1e-3,
         nesterov: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -116,12 +134,19 @@ class KFAC(torch.optim.Optimizer):
                 "KFAC needs the model (an nn.Module), not its parameters: "
                 "build_optimizer('KFAC', model, ...)"
             )
-        if lr <= 0 or damping <= 0:
-            raise ValueError(f"KFAC: lr and damping must be positive, got {lr}, {damping}")
+        check_hyperparameters(
+            "KFAC",
+            dict(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                damping=damping,
+                stat_decay=stat_decay,
+                kl_clip=kl_clip,
+            ),
+        )
         if not 0 <= stat_decay < 1:
             raise ValueError(f"KFAC: stat_decay must be in [0, 1), got {stat_decay}")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError("KFAC: momentum and weight_decay must be non-negative")
         if int(cov_update_freq) < 1 or int(inv_update_freq) < 1:
             raise ValueError("KFAC: cov_update_freq and inv_update_freq must be >= 1")
         if fisher not in FISHER_KINDS:
@@ -132,8 +157,6 @@ class KFAC(torch.optim.Optimizer):
             raise ValueError(
                 f"KFAC: damping_mode must be one of {DAMPING_MODES}, got {damping_mode!r}"
             )
-        if kl_clip is not None and kl_clip <= 0:
-            raise ValueError(f"KFAC: kl_clip must be positive or None, got {kl_clip}")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("KFAC: the model has no trainable parameters")
@@ -247,6 +270,10 @@ class KFAC(torch.optim.Optimizer):
         with torch.no_grad():
             if self.param_groups[0]["likelihood"] == "categorical":
                 probs = torch.softmax(logits.detach().double(), dim=-1)
+                # rows of non-finite outputs sample uniformly, so that the forward pass ends
+                # and its caller sees the non-finite loss (no host read here)
+                finite = torch.isfinite(probs).all(dim=-1, keepdim=True)
+                probs = torch.where(finite, probs, 1.0 / probs.shape[-1])
                 labels = torch.multinomial(probs, 1).squeeze(1)
             else:
                 noise = torch.randn_like(logits)
@@ -291,13 +318,36 @@ class KFAC(torch.optim.Optimizer):
             gw = torch.cat([gw, gb.unsqueeze(1)], dim=1)
         return gw
 
-    def _update_inverses(self, state: dict, group: dict) -> None:
+    @staticmethod
+    def _failure(what: str, group: dict) -> FloatingPointError:
+        return FloatingPointError(
+            f"KFAC: {what}; lower the learning rate (lr={group['lr']:.3g}), raise damping "
+            f"(damping={group['damping']:.3g}) or check the data"
+        )
+
+    def _update_inverses(self, layer: _Layer, group: dict) -> None:
+        state = self.state[layer.weight]
+        name = layer.label
         A, G = state["A"].double(), state["G"].double()
-        if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
-            raise ValueError(
-                "KFAC: a Kronecker factor is not finite (non-finite activations or gradients): "
-                "check the inputs and lower the learning rate"
-            )
+        for key, factor in (("A", A), ("G", G)):
+            if not bool(torch.isfinite(factor).all()):
+                raise self._failure(
+                    f"the Kronecker factor {key} of layer {name!r} is not finite (non-finite or "
+                    "overflowing activations or gradients)",
+                    group,
+                )
+        try:
+            self._invert(state, A, G, group)
+        except torch.linalg.LinAlgError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise self._failure(
+                f"the damped Kronecker factors of layer {name!r} could not be inverted ({reason})",
+                group,
+            ) from exc
+
+    @staticmethod
+    def _invert(state: dict, A: torch.Tensor, G: torch.Tensor, group: dict) -> None:
+        """The damped inverses (or eigendecompositions) of float64 factors ``A``, ``G``."""
         lam = group["damping"]
         dtype = state["A"].dtype
         if group["damping_mode"] == "eigen":
@@ -337,7 +387,7 @@ class KFAC(torch.optim.Optimizer):
         if "A" not in state:
             raise RuntimeError(f"KFAC has no factors for layer {lay.name!r} yet: take a step")
         if "A_inv" not in state and "QA" not in state:
-            self._update_inverses(state, self.param_groups[0])
+            self._update_inverses(lay, self.param_groups[0])
         return self._precondition(state, grad, self.param_groups[0]["damping_mode"])
 
     # ------------------------------------------------------------------ step
@@ -352,6 +402,7 @@ class KFAC(torch.optim.Optimizer):
         k = group["kfac_step"]
         decay = group["stat_decay"]
         directions: dict[int, torch.Tensor] = {}
+        grads: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
             state = self.state[layer.weight]
             if i in self._pending_A and i in self._pending_G:
@@ -363,22 +414,34 @@ class KFAC(torch.optim.Optimizer):
             if "A" not in state:
                 continue
             if k % group["inv_update_freq"] == 0 or not ("A_inv" in state or "QA" in state):
-                self._update_inverses(state, group)
+                self._update_inverses(layer, group)
             if layer.weight.grad is None:
                 continue
-            grad = self._grad_matrix(layer)
-            directions[i] = self._precondition(state, grad, group["damping_mode"])
+            grads[i] = self._grad_matrix(layer)
+            directions[i] = self._precondition(state, grads[i], group["damping_mode"])
         self._pending_A.clear()
         self._pending_G.clear()
         self._outputs.clear()
 
         nu = 1.0
-        if group["kl_clip"] is not None and directions:
-            vg = sum(
-                float((directions[i] * self._grad_matrix(self.layers[i])).sum()) for i in directions
-            )
-            vg *= group["lr"] ** 2
-            if vg > 0:
+        if directions:
+            # V . grad per layer, read at once: the KL clipping term and the finiteness check
+            per_layer = torch.stack(
+                [(directions[i].double() * grads[i].double()).sum() for i in directions]
+            ).tolist()
+            bad = [
+                self.layers[i].label
+                for i, vg in zip(directions, per_layer, strict=True)
+                if not math.isfinite(vg)
+            ]
+            if bad:
+                raise self._failure(
+                    f"the update of layer(s) {bad} is not finite (non-finite gradients or "
+                    "preconditioner)",
+                    group,
+                )
+            vg = sum(per_layer) * group["lr"] ** 2
+            if group["kl_clip"] is not None and vg > 0:
                 nu = min(1.0, math.sqrt(group["kl_clip"] / vg))
 
         updates: dict[nn.Parameter, torch.Tensor] = {}

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .validation import check_hyperparameters
+
 __all__ = ["SWATS"]
 
 
@@ -46,8 +48,10 @@ class SWATS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         switch_tol: float = 1e-9,
     ) -> None:
-        if lr <= 0:
-            raise ValueError(f"SWATS: lr must be positive, got {lr}")
+        check_hyperparameters(
+            "SWATS",
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, switch_tol=switch_tol),
+        )
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"SWATS: betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0 or switch_tol < 0:

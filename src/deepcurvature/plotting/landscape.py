@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..analysis.landscape import LandscapeResult
+from ..io.errors import invalid_file, read_failure
+from ..io.results import RESULT_FILE, result_paths
 from .style import PALETTE, PercentTickFormatter
 
 __all__ = ["LANDSCAPE_COLORS", "plot_loss_landscape"]
@@ -38,15 +40,50 @@ _METRIC_NAMES = {"loss": "loss", "accuracy": "accuracy"}
 _SPLITS = ("both", "train", "test")
 
 
+_FIX = "compute it again with dc.build_loss_landscape or 'deepcurvature landscape'"
+_PER_DIRECTION = ("eigenvalues", "ritz_indices", "norms", "slopes", "thetas")
+_GRIDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "quadratic")
+
+
 def _as_result(obj: Any) -> LandscapeResult:
     if isinstance(obj, LandscapeResult):
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return LandscapeResult.load(obj)
+        npz, _ = result_paths(obj)
+        try:
+            res = LandscapeResult.load(obj)
+        except KeyError as exc:  # an array the file should hold
+            raise invalid_file(npz, RESULT_FILE, f"no {exc.args[0]!r} array", _FIX) from None
+        except (TypeError, IndexError, AttributeError) as exc:
+            raise invalid_file(npz, RESULT_FILE, read_failure(exc).reason, _FIX) from None
+        problem = _shape_problem(res)
+        if problem:
+            raise invalid_file(npz, RESULT_FILE, problem, _FIX)
+        return res
     raise TypeError(
         "plot_loss_landscape needs a LandscapeResult or the path of a file written by "
         f"LandscapeResult.save / build_loss_landscape, got {type(obj).__name__}"
     )
+
+
+def _shape_problem(res: LandscapeResult) -> str | None:
+    """What is inconsistent in the shapes of a landscape read from a file (None: nothing)."""
+    if res.ndim not in (1, 2):
+        return f"ndim is {res.ndim}, not 1 or 2"
+    D, n = len(res.labels), int(np.size(res.t))
+    if np.ndim(res.t) != 1 or n < 2:
+        return f"t has shape {np.shape(res.t)}, not (n,) with n >= 2"
+    if len(res.kinds) != D or (res.ndim == 2 and D != 2):
+        return f"{D} direction labels but {len(res.kinds)} kinds for a {res.ndim}-D landscape"
+    for name in _PER_DIRECTION:
+        if np.shape(getattr(res, name)) != (D,):
+            return f"{name} has shape {np.shape(getattr(res, name))}, not ({D},)"
+    grid = (D, n) if res.ndim == 1 else (n, n)
+    for name in _GRIDS:
+        value = getattr(res, name)
+        if value is not None and np.shape(value) != grid:
+            return f"{name} has shape {np.shape(value)}, not {grid}"
+    return None
 
 
 def _direction_label(res: LandscapeResult, d: int) -> str:

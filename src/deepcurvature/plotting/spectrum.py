@@ -43,7 +43,7 @@ from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_facto
 
 from ..io import atomic_write_bytes
 from ..io.results import result_paths
-from ..linalg.density import SpectralDensity
+from ..linalg.density import SpectralDensity, density_metadata_from_file
 from .style import OKABE_ITO, matrix_label
 
 __all__ = [
@@ -64,9 +64,6 @@ COLORS: dict[str, str] = {
     "atom": "#CC79A7",  # reddish purple: atoms of the reference law
     "extra": "#0072B2",  # blue: anything else (diagonal approximations...)
 }
-
-#: Nodes with ``|theta| <= ZERO_TOL * max|theta|`` count as zero in the summary box.
-ZERO_TOL = 1e-3
 
 _FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
@@ -119,13 +116,12 @@ def read_spectrum(path: str | os.PathLike) -> tuple[SpectralDensity, dict[str, A
             f"{npz} is not a spectrum file: it holds {what}, without the 'nodes' and 'weights' "
             f"arrays of a SpectrumResult or SpectralDensity"
         )
-    inner = meta.get("density_metadata", meta.get("metadata")) or {}
     density = SpectralDensity(
         arrays["nodes"],
         arrays["weights"],
         dim=meta.get("dim"),
         probe_index=arrays.get("probe_index"),
-        metadata=dict(inner),
+        metadata=density_metadata_from_file(meta),
     )
     return density, meta
 
@@ -281,17 +277,29 @@ def _check_mass_options(
     return lo, hi
 
 
-def _summary_text(density: SpectralDensity) -> str:
+def negative_mass_text(density: SpectralDensity, psd: bool | None = None) -> str:
+    """One line on the negative mass, saying below which tolerance it counts.
+
+    ``"negative mass = 0.3 (θ < −3e-06)"``, with the strict count when round-off negatives were
+    left out (``"; 0.31 with any θ < 0"``), or ``"negative mass = 0 (PSD by construction)"``
+    for a GGN or Fisher (``psd``, default ``density.psd_by_construction``), whose negative Ritz
+    values are round-off.
+    """
+    s = density.negative_mass_summary(psd)
+    if s["psd_by_construction"]:
+        return "negative mass = 0 (PSD by construction)"
+    text = f"negative mass = {s['negative_mass']:.3g} (θ < −{s['negative_mass_tol']:.2g})"
+    if s["negative_mass_strict"] != s["negative_mass"]:
+        text += f"; {s['negative_mass_strict']:.3g} with any θ < 0"
+    return text
+
+
+def _summary_text(density: SpectralDensity, psd: bool | None = None) -> str:
     n_probes = len(np.unique(density.probe_index))
-    tol = ZERO_TOL * float(np.abs(density.nodes).max())
-    neg, neg_far = density.negative_mass(), density.negative_mass(tol)
-    negative = f"negative mass = {neg:.3g}"
-    if neg_far != neg:  # some negative nodes are numerically zero: say how much is not
-        negative += f" ({neg_far:.3g} below {-tol:.3g})"
     lines = [
         f"λ_max = {density.lambda_max:.4g}",
         f"λ_min = {density.lambda_min:.4g}",
-        negative,
+        negative_mass_text(density, psd),
         f"nodes = {density.nodes.size} ({n_probes} probe{'s' if n_probes != 1 else ''})",
     ]
     return "\n".join(lines)
@@ -348,7 +356,9 @@ def plot_spectrum(
             drawn at the bottom of the axis.
         ax: draw into this axes (its figure is returned); default: a new figure.
         title: axes title (default: the method, steps and probes from ``density.metadata``).
-        show_summary: a box with lambda_max, lambda_min, negative mass and the number of nodes.
+        show_summary: a box with lambda_max, lambda_min, the negative mass and the number of
+            nodes. The negative mass counts below the round-off threshold and names it
+            (:func:`negative_mass_text`); a GGN or Fisher says "PSD by construction" instead.
         reference: a vectorised density ``x -> p(x)`` (e.g. a limiting law), drawn as
             ``p(x) * bin width`` so it compares with the histogram.
         reference_label: legend label of ``reference``.
@@ -398,6 +408,7 @@ def plot_spectrum(
         raise ValueError("give either a density or path= (with a mode such as 'lanczos'), not both")
     elif isinstance(getattr(density, "density", None), SpectralDensity):  # a SpectrumResult
         file_meta = {"config": getattr(density, "config", {}), "info": getattr(density, "info", {})}
+    psd = getattr(density, "psd_by_construction", None)  # a SpectrumResult: from its config
     density = _as_density(density)
     if title is None:
         title = _default_title(density, file_meta)
@@ -405,7 +416,7 @@ def plot_spectrum(
             title = title.replace("spectral density", "cumulative spectral mass", 1)
             title = title.replace("Spectral density", "Cumulative spectral mass", 1)
     if mode == "cdf":
-        return _plot_cdf(density, ax=ax, title=title, label=label, legend=legend)
+        return _plot_cdf(density, ax=ax, title=title, label=label, legend=legend, psd=psd)
     if mode == "smooth" and smooth_sigma is None:
         span = density.lambda_max - density.lambda_min
         smooth_sigma = span / 50.0 if span > 0 else max(abs(density.lambda_max), 1.0) / 50.0
@@ -463,13 +474,12 @@ def plot_spectrum(
     # -- room at the top for the legend and the summary box ---------------------------------
     n_entries = 1 + (exact is not None) + (reference is not None) + bool(atoms)
     n_entries += (smooth_sigma is not None) + (marks is not None)
+    summary = _summary_text(density, psd)
     width_in, height_in = _axes_size_inches(ax)
     side_by_side = width_in >= 5.2  # else the summary goes into the legend box, below its title
-    n_lines = (n_entries if legend else 0) + (
-        len(_summary_text(density).splitlines()) if show_summary else 0
-    )
+    n_lines = (n_entries if legend else 0) + (len(summary.splitlines()) if show_summary else 0)
     if side_by_side and legend and show_summary:
-        n_lines = max(n_entries, len(_summary_text(density).splitlines()))
+        n_lines = max(n_entries, len(summary.splitlines()))
     n_lines += bulk is not None  # the masses of the clipped bars, above the cut
     # fraction of the axes height left empty above the data: ~0.16 inch per text line
     free = 0.05 if n_lines == 0 else float(np.clip((0.16 * n_lines + 0.25) / height_in, 0.15, 0.6))
@@ -603,16 +613,14 @@ def plot_spectrum(
             loc="upper right",
             fontsize="small",
             framealpha=0.9,
-            title=_summary_text(density) if merged else None,
+            title=summary if merged else None,
             title_fontsize="small",
             alignment="left",
         )
         show_summary = show_summary and not merged
         leg.set_zorder(5)
     if show_summary:
-        box = AnchoredText(
-            _summary_text(density), loc="upper left", prop={"size": "small"}, frameon=True
-        )
+        box = AnchoredText(summary, loc="upper left", prop={"size": "small"}, frameon=True)
         box.patch.set_alpha(0.9)
         box.patch.set_boxstyle("round,pad=0.3")
         ax.add_artist(box)
@@ -656,9 +664,20 @@ def _log_mass_limits(
 
 
 def _plot_cdf(
-    density: SpectralDensity, *, ax: Axes | None, title: str, label: str, legend: bool
+    density: SpectralDensity,
+    *,
+    ax: Axes | None,
+    title: str,
+    label: str,
+    legend: bool,
+    psd: bool | None = None,
 ) -> Figure:
-    """Cumulative spectral mass as a step function, with the negative mass marked at 0."""
+    """Cumulative spectral mass as a step function, with the negative mass marked at 0.
+
+    The mark is at the round-off threshold ``-tol``: ``F(-tol⁻)`` is the mass counted as
+    negative, labelled with the tolerance; for a PSD-by-construction matrix ``F(0⁻)``, labelled
+    as round-off.
+    """
     if ax is None:
         fig = Figure(figsize=(7.0, 4.5), layout="constrained")
         ax = fig.add_subplot()
@@ -680,17 +699,17 @@ def _plot_cdf(
         label=label.replace("(Ritz value, weight)", "cumulative mass"),
     )
     ax.plot(nodes, cum, linestyle="none", marker="o", markersize=3.5, color=COLORS["stem"])
-    neg = density.negative_mass()
+    s = density.negative_mass_summary(psd)
     if lo < 0.0 < hi:
         ax.axvline(0.0, color=OKABE_ITO["black"], linewidth=0.8, linestyle=":")
+        if s["psd_by_construction"]:
+            x, y = 0.0, s["negative_mass_strict"]
+            text = f"F(0⁻) = {y:.3g}: round-off, negative mass 0 (PSD by construction)"
+        else:
+            x, y = -s["negative_mass_tol"], s["negative_mass"]
+            text = f"negative mass F(−{s['negative_mass_tol']:.2g}⁻) = {y:.3g}"
         (mark,) = ax.plot(
-            [0.0],
-            [neg],
-            linestyle="none",
-            marker="D",
-            markersize=6,
-            color=COLORS["extra"],
-            label=f"negative mass F(0⁻) = {neg:.3g}",
+            [x], [y], linestyle="none", marker="D", markersize=6, color=COLORS["extra"], label=text
         )
         mark.set_zorder(5)
     ax.set_xlim(lo, hi)

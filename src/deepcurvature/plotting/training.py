@@ -10,10 +10,10 @@ more. Curves differ in colour (Okabe-Ito), line style and marker, so they read w
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..io.results import read_json
 from .style import OKABE_ITO, log_scale_fits
 
 __all__ = ["plot_training", "read_training_stats"]
@@ -34,6 +35,7 @@ _LOSS_NAMES = {
 }
 
 STATS_FORMAT = "deepcurvature-stats"
+_FIX = "give the stats.json written by train_network (deepcurvature train)"
 
 # (column, legend label, colour, line style, marker)
 _LOSS = (
@@ -55,8 +57,36 @@ _LR = (("lr", "learning rate", OKABE_ITO["black"], "-", "o"),)
 _NORM = (("weight_l2", "‖w‖₂", OKABE_ITO["blue"], "-", "o"),)
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _epoch_rows(rows: list[Any], where: str) -> list[dict[str, Any]]:
+    """The rows that are objects with a numeric ``epoch``; one warning names the others."""
+    usable = [isinstance(r, dict) and _is_number(r.get("epoch")) for r in rows]
+    good = [r for r, ok in zip(rows, usable, strict=True) if ok]
+    bad = [i for i, ok in enumerate(usable) if not ok]
+    if not good:
+        raise ValueError(
+            f"{where}: no row has a numeric 'epoch' entry: expected the rows written by "
+            "train_network ({'epoch': 1, 'train_loss': ...})"
+        )
+    if bad:
+        shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        warnings.warn(
+            f"{where}: skipped {len(bad)} of {len(rows)} rows without a numeric 'epoch' entry "
+            f"(rows {shown}, counting from 0)",
+            stacklevel=3,
+        )
+    return good
+
+
 def read_training_stats(source: Any) -> dict[str, Any]:
     """Read the statistics of a training run.
+
+    Rows that are not objects with a numeric ``epoch`` (null, missing, a string) are skipped
+    with one warning.
 
     Args:
         source: a run folder holding ``stats.json``, the path of a ``stats.json`` file, an
@@ -67,7 +97,8 @@ def read_training_stats(source: Any) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file, or a folder without ``stats.json``.
-        ValueError: the file is not a ``stats.json`` written by ``train_network``, or has no rows.
+        ValueError: one line naming the file: it is not a ``stats.json`` written by
+            ``train_network`` (not JSON, not an object with ``rows``), or has no usable rows.
     """
     where = "the statistics"
     if hasattr(source, "stats") and hasattr(source, "config") and not isinstance(source, dict):
@@ -86,13 +117,7 @@ def read_training_stats(source: Any) -> dict[str, Any]:
         elif not path.is_file():
             raise FileNotFoundError(f"no statistics file at {path}")
         where = str(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(
-                f"{path} is not a stats.json file (not valid JSON: {exc}); give the stats.json "
-                f"written by train_network"
-            ) from None
+        doc = read_json(path, what="stats.json file", fix=_FIX)
     else:
         raise TypeError(
             f"plot_training needs a run folder, a stats.json path, a dict or a TrainResult, got "
@@ -100,23 +125,31 @@ def read_training_stats(source: Any) -> dict[str, Any]:
         )
     rows = doc.get("rows") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or (doc.get("format", STATS_FORMAT) != STATS_FORMAT):
+        got = "an object without a list of rows" if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(
-            f"{where} is not a training statistics file: expected the JSON object "
-            f"{{'format': '{STATS_FORMAT}', 'config', 'columns', 'rows'}} written by train_network"
+            f"{where} is not a training statistics file (it holds {got}): expected the JSON "
+            f"object {{'format': '{STATS_FORMAT}', 'config', 'columns', 'rows'}} written by "
+            "train_network"
         )
     if not rows:
         raise ValueError(f"{where} has no epochs yet: train for at least one epoch")
-    if not all(isinstance(r, dict) and "epoch" in r for r in rows):
-        raise ValueError(f"{where}: every row must be an object with an 'epoch' entry")
-    columns = doc.get("columns") or sorted({k for r in rows for k in r})
-    return {"config": dict(doc.get("config") or {}), "columns": list(columns), "rows": rows}
+    rows = _epoch_rows(rows, where)
+    columns = doc.get("columns")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        columns = sorted({str(k) for r in rows for k in r})
+    config = doc.get("config")
+    return {
+        "config": dict(config) if isinstance(config, dict) else {},
+        "columns": columns,
+        "rows": rows,
+    }
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list, list]:
     xs, ys = [], []
     for r in rows:
         v = r.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if _is_number(v):
             xs.append(r["epoch"])
             ys.append(float(v) * scale)
     return xs, ys
@@ -195,7 +228,7 @@ def plot_training(
     doc = read_training_stats(run_dir_or_stats_path)
     rows, config = doc["rows"], doc["config"]
     rows = sorted(rows, key=lambda r: r["epoch"])
-    present = {k for r in rows for k, v in r.items() if v is not None}
+    present = {k for r in rows for k, v in r.items() if _is_number(v)}
 
     panels: list[tuple[str, tuple, float]] = []
     if present & {s[0] for s in _LOSS}:
@@ -222,6 +255,8 @@ def plot_training(
     loss_name = config.get("loss")
     loss_name = _LOSS_NAMES.get(loss_name, loss_name) if isinstance(loss_name, str) else None
     swa_start = config.get("swa_start") if config.get("swa") else None
+    if not _is_number(swa_start):
+        swa_start = None
     for ax, (kind, specs, scale) in zip(axes, panels, strict=True):
         drawn = _draw(ax, rows, specs, scale)
         values = [v for ys in drawn for v in ys]

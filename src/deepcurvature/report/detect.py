@@ -14,19 +14,22 @@ deepcurvature writes four kinds of results, told apart by their JSON metadata:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
+
+from ..io.errors import invalid_file
+from ..io.results import RESULT_FILE, npz_names, read_npz
+from ..io.results import read_json as _read_json
 
 __all__ = [
     "LANDSCAPE_KINDS",
     "SPECTRUM_KINDS",
     "STATS_FORMAT",
+    "check_spectrum_file",
     "detect_result",
     "plot_result",
     "read_json",
@@ -37,6 +40,7 @@ SPECTRUM_KINDS = ("SpectrumResult", "SpectralDensity")
 LANDSCAPE_KINDS = ("LandscapeResult",)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
+_FIX_JSON = "give a file written by deepcurvature (it may have been cut short or edited)"
 _EXPECTED = (
     "a spectrum (.npz/.json written by SpectrumResult.save or SpectralDensity.save), a "
     "training run's stats.json or its folder, or a landscape file (LandscapeResult)"
@@ -44,20 +48,20 @@ _EXPECTED = (
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; ``ValueError`` naming the file when it is not valid JSON."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a valid JSON file ({exc})") from None
+    """Parse a JSON file; one-line ``ValueError`` naming the file when it is not valid JSON.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, unreadable, not UTF-8, or not valid JSON.
+    """
+    return _read_json(path, what=RESULT_FILE, fix=_FIX_JSON)
 
 
-def _npz_keys(path: Path) -> list[str]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return list(data.files)
-    except Exception as exc:  # a damaged or foreign file
-        raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
+def check_spectrum_file(path: str | os.PathLike) -> None:
+    """Read the density arrays of a spectrum file: a one-line ``ValueError`` if damaged."""
+    arrays = read_npz(path, keys=("nodes", "weights", "probe_index"))
+    if "nodes" not in arrays or "weights" not in arrays:
+        raise invalid_file(path, RESULT_FILE, "no 'nodes' and 'weights' arrays", _FIX_JSON)
 
 
 def _kind_of_json(doc: Any) -> str | None:
@@ -134,7 +138,7 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
                 raise ValueError(
                     f"{p} holds a {doc['kind']!r} result, which has no figure: expected {_EXPECTED}"
                 )
-        keys = _npz_keys(p)
+        keys = npz_names(p)
         if "nodes" in keys and "weights" in keys:
             return "spectrum", p
         raise ValueError(
@@ -176,6 +180,7 @@ def plot_result(
     if kind == "training":
         return kind, plot_training(file, **kwargs)
     if kind == "spectrum":
+        check_spectrum_file(file)
         return kind, plot_spectrum(mode, path=file, **kwargs)
     if kind == "landscape":
         plot = landscape_plotter()

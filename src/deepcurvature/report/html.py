@@ -1,4 +1,4 @@
-"""One self-contained HTML page summarising a run folder.
+r"""One self-contained HTML page summarising a run folder.
 
 :func:`write_report` scans a folder recursively (see :func:`scan_run`) and writes one HTML file:
 the configuration (from ``stats.json`` or the latest checkpoint), the training curves with a table
@@ -6,8 +6,9 @@ of the last epoch, every spectrum (stem plot, summary table, configuration), eve
 statistics files (JSON and CSV tables) and a list of the other files. Figures are embedded as
 base64 PNG ``data:`` URIs and the style sheet is inline: the page needs no other file and loads
 nothing from the network, so it can be mailed or archived. Every piece of text taken from the
-files is escaped with :func:`html.escape`. A file that cannot be read is reported in the page
-(and as a warning), and the rest of the report is still written.
+files is escaped with :func:`html.escape`, and bytes of file names that are not UTF-8 are shown
+escaped (``bad-\xff.txt``). A file that cannot be read is reported in the page with the reason
+(and as one warning), and the rest of the report is still written.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from matplotlib.figure import Figure
 
 from .._version import __version__
 from ..io import atomic_write_text
-from .detect import CHECKPOINT_NAME, LANDSCAPE_KINDS, SPECTRUM_KINDS, STATS_FORMAT, read_json
+from ..io.errors import describe_error, escape_surrogates
+from ..io.results import npz_names
+from .detect import (
+    CHECKPOINT_NAME,
+    LANDSCAPE_KINDS,
+    SPECTRUM_KINDS,
+    STATS_FORMAT,
+    check_spectrum_file,
+    read_json,
+)
 
 __all__ = ["RunContents", "render_report", "scan_run", "write_report"]
 
@@ -73,7 +83,8 @@ summary { cursor: pointer; color: #0072B2; }
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    r"""HTML-escaped text; undecodable bytes of file names shown as ``\xff``."""
+    return html.escape(escape_surrogates(str(value)), quote=True)
 
 
 @dataclass
@@ -88,6 +99,8 @@ class RunContents:
         checkpoints: ``checkpoint-EEEEE.pt`` files.
         statistics: other JSON and CSV files (loss statistics and the like).
         other: every other file.
+        unreadable: files among ``other`` that look like results but cannot be read, with the
+            reason (a damaged ``.npz``).
     """
 
     root: Path
@@ -97,6 +110,7 @@ class RunContents:
     checkpoints: list[Path] = field(default_factory=list)
     statistics: list[Path] = field(default_factory=list)
     other: list[Path] = field(default_factory=list)
+    unreadable: dict[Path, str] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """No result of any kind was found."""
@@ -135,7 +149,7 @@ def scan_run(run_dir: str | os.PathLike, *, exclude: Sequence[Path] = ()) -> Run
             continue
         try:
             doc = read_json(p)
-        except ValueError:
+        except (ValueError, OSError):
             out.statistics.append(p)  # reported as unreadable when rendered
             continue
         kind = doc.get("kind") if isinstance(doc, dict) else None
@@ -158,7 +172,7 @@ def scan_run(run_dir: str | os.PathLike, *, exclude: Sequence[Path] = ()) -> Run
             continue
         if CHECKPOINT_NAME.match(p.name):
             out.checkpoints.append(p)
-        elif p.suffix == ".npz" and _is_bare_spectrum(p):
+        elif p.suffix == ".npz" and _is_bare_spectrum(p, out):
             out.spectra.append(p)
         elif p.suffix == ".csv":
             out.statistics.append(p)
@@ -167,12 +181,14 @@ def scan_run(run_dir: str | os.PathLike, *, exclude: Sequence[Path] = ()) -> Run
     return out
 
 
-def _is_bare_spectrum(path: Path) -> bool:
+def _is_bare_spectrum(path: Path, out: RunContents) -> bool:
+    """An ``.npz`` with ``nodes`` and ``weights`` arrays; a damaged one is noted in ``out``."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return "nodes" in data.files and "weights" in data.files
-    except Exception:
+        names = npz_names(path)
+    except (ValueError, OSError) as exc:
+        out.unreadable[path] = describe_error(exc)
         return False
+    return "nodes" in names and "weights" in names
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -295,14 +311,15 @@ class _Page:
         self.problems: list[str] = []
 
     def rel(self, path: Path) -> str:
+        """A path relative to the root, undecodable bytes escaped."""
         try:
-            return str(path.relative_to(self.root))
+            return escape_surrogates(str(path.relative_to(self.root)))
         except ValueError:
-            return str(path)
+            return escape_surrogates(str(path))
 
     def folder(self, path: Path) -> str:
         """A folder's path relative to the root (the root's own name for the root)."""
-        return self.rel(path) if path != self.root else self.root.resolve().name
+        return self.rel(path) if path != self.root else escape_surrogates(self.root.resolve().name)
 
     def heading(self, level: int, text: str) -> None:
         anchor = f"s{len(self.toc) + 1}"
@@ -312,9 +329,11 @@ class _Page:
     def add(self, fragment: str) -> None:
         self.parts.append(fragment)
 
-    def problem(self, what: str, exc: BaseException) -> None:
-        msg = f"{what}: {type(exc).__name__}: {exc}"
-        self.problems.append(msg)
+    def problem(self, what: str, exc: BaseException | str, path: Path) -> None:
+        """Note that ``path`` could not be shown (in red, and as one warning), and why."""
+        why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {describe_error(exc)}"
+        msg = escape_surrogates(f"{what}: {why}")
+        self.problems.append(self.rel(path))
         warnings.warn(msg, stacklevel=3)
         self.parts.append(f'<p class="error">{_esc(msg)}</p>')
 
@@ -338,7 +357,7 @@ def _configuration_section(page: _Page, contents: RunContents) -> None:
         try:
             doc = read_json(path)
         except Exception as exc:
-            page.problem(f"could not read {page.rel(path)}", exc)
+            page.problem(f"could not read {page.rel(path)}", exc, path)
             continue
         done.add(path.parent)
         config = doc.get("config") or {}
@@ -352,7 +371,7 @@ def _configuration_section(page: _Page, contents: RunContents) -> None:
         try:
             config = read_checkpoint(last, map_location="cpu").get("config") or {}
         except Exception as exc:
-            page.problem(f"could not read {page.rel(last)}", exc)
+            page.problem(f"could not read {page.rel(last)}", exc, last)
             continue
         if config:
             caption = f"Run {page.folder(folder)} (from {last.name})"
@@ -383,7 +402,7 @@ def _training_section(page: _Page, paths: list[Path]) -> None:
             doc = read_training_stats(path)
             fig = plot_training(doc)
         except Exception as exc:
-            page.problem(f"could not plot {page.rel(path)}", exc)
+            page.problem(f"could not plot {page.rel(path)}", exc, path)
             continue
         page.add(
             _figure(
@@ -423,7 +442,7 @@ _SPECTRUM_SUMMARY = (
     ("probes", "probes"),
     ("lambda_max", "λ_max"),
     ("lambda_min", "λ_min"),
-    ("negative_mass", "negative mass"),
+    ("negative_mass", "negative mass"),  # replaced by the rows of _negative_mass_rows
     ("mass_near_zero", "mass near zero"),
     ("mean", "mean tr(A)/P"),
     ("second_moment", "second moment tr(A²)/P"),
@@ -432,20 +451,61 @@ _SPECTRUM_SUMMARY = (
 )
 
 
+def _negative_mass_rows(computed: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The negative-mass rows of a spectrum's summary table, with the tolerance they count below.
+
+    The count and its tolerance come from one summary: the file's when it records the tolerance
+    (``negative_mass_tol``), else the one computed now from the nodes (a file written before the
+    tolerance was recorded holds the strict count under ``negative_mass``). A matrix that is PSD
+    by construction (GGN, Fisher) says so; without tolerance keys, the plain value is shown.
+    """
+
+    def has_tolerance(summary: Mapping[str, Any]) -> bool:
+        return any(summary.get(k) is not None for k in ("negative_mass_tol", "psd_by_construction"))
+
+    if has_tolerance(stored):
+        source = stored
+    elif has_tolerance(computed) or stored.get("negative_mass") is None:
+        source = computed
+    else:
+        source = stored
+    mass, tol = source.get("negative_mass"), source.get("negative_mass_tol")
+    rtol, strict = source.get("negative_mass_rtol"), source.get("negative_mass_strict")
+    psd = stored.get("psd_by_construction", computed.get("psd_by_construction"))
+    rows: dict[str, Any] = {}
+    if psd:
+        rows["negative mass"] = f"{_fmt(mass if mass is not None else 0)} (PSD by construction)"
+    elif _is_num(tol):
+        scale = f" = {_fmt(rtol)}·max|θ|" if _is_num(rtol) else ""
+        rows[f"negative mass (below −{tol:.3g}{scale})"] = mass
+    elif mass is not None:
+        rows["negative mass"] = mass
+    if _is_num(strict) and (psd or _is_num(tol)) and strict != mass:
+        rows["negative mass (any θ < 0)"] = strict
+    return rows
+
+
 def _spectrum_section(page: _Page, paths: list[Path]) -> None:
     from ..plotting import plot_spectrum, read_spectrum
 
     for path in paths:
         page.heading(3, f"Spectrum {page.rel(path.with_suffix(''))}")
         try:
+            check_spectrum_file(path)
             density, meta = read_spectrum(path)
             fig = plot_spectrum("lanczos", path=path)
         except Exception as exc:
-            page.problem(f"could not plot {page.rel(path)}", exc)
+            page.problem(f"could not plot {page.rel(path)}", exc, path)
             continue
-        summary = dict(density.summary())
-        summary.update({k: v for k, v in (meta.get("summary") or {}).items() if v is not None})
-        shown = {label: summary[k] for k, label in _SPECTRUM_SUMMARY if k in summary}
+        computed = dict(density.summary())
+        stored = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
+        summary = {**computed, **{k: v for k, v in stored.items() if v is not None}}
+        shown: dict[str, Any] = {}
+        for key, label in _SPECTRUM_SUMMARY:
+            if key == "negative_mass":
+                shown.update(_negative_mass_rows(computed, stored))
+            elif key in summary:
+                shown[label] = summary[key]
         order = np.sort(density.nodes)
         shown["largest Ritz values"] = [float(f"{x:.4g}") for x in order[::-1][:4]]
         shown["smallest Ritz values"] = [float(f"{x:.4g}") for x in order[:3]]
@@ -480,9 +540,10 @@ def _landscape_section(page: _Page, paths: list[Path]) -> None:
                     fig = plot(path, metric=metric)
                 except Exception as exc:
                     if metric == "loss":
-                        page.problem(f"could not plot {page.rel(path)}", exc)
-                    else:  # e.g. a regression landscape without accuracies
-                        page.add(f'<p class="note">no accuracy figure: {_esc(exc)}</p>')
+                        page.problem(f"could not plot {page.rel(path)}", exc, path)
+                        break  # a damaged file: one note
+                    # e.g. a regression landscape without accuracies
+                    page.add(f'<p class="note">no accuracy figure: {_esc(exc)}</p>')
                     continue
                 page.add(
                     _figure(
@@ -496,7 +557,7 @@ def _landscape_section(page: _Page, paths: list[Path]) -> None:
         try:
             meta = read_json(meta_path)
         except Exception as exc:
-            page.problem(f"could not read {page.rel(meta_path)}", exc)
+            page.problem(f"could not read {page.rel(meta_path)}", exc, meta_path)
             continue
         config = meta.get("config") if isinstance(meta, dict) else None
         if config:
@@ -538,7 +599,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 pass
         return text
 
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
@@ -552,7 +613,7 @@ def _statistics_section(page: _Page, paths: list[Path]) -> None:
                 continue
             doc = read_json(path)
         except Exception as exc:
-            page.problem(f"could not read {page.rel(path)}", exc)
+            page.problem(f"could not read {page.rel(path)}", exc, path)
             continue
         if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
             rows = [r for r in doc["rows"] if isinstance(r, dict)]
@@ -584,7 +645,7 @@ def _statistics_section(page: _Page, paths: list[Path]) -> None:
             try:
                 arrays = _npz_contents(npz)
             except Exception as exc:
-                page.problem(f"could not read {page.rel(npz)}", exc)
+                page.problem(f"could not read {page.rel(npz)}", exc, npz)
                 continue
             page.add(
                 f"<details><summary>Arrays in {_esc(npz.name)}</summary>"
@@ -593,12 +654,20 @@ def _statistics_section(page: _Page, paths: list[Path]) -> None:
             )
 
 
+def _size(path: Path, unit: int, digits: int) -> float | None:
+    """The size of a file in ``unit`` bytes (None for a dangling link or a vanished file)."""
+    try:
+        return round(path.stat().st_size / unit, digits)
+    except OSError:
+        return None
+
+
 def _checkpoint_section(page: _Page, paths: list[Path]) -> None:
     rows = [
         {
             "file": page.rel(p),
             "epoch": int(CHECKPOINT_NAME.match(p.name).group(1)),
-            "size (MB)": round(p.stat().st_size / 2**20, 3),
+            "size (MB)": _size(p, 2**20, 3),
         }
         for ckpts in _checkpoint_folders(paths).values()
         for p in ckpts
@@ -606,8 +675,15 @@ def _checkpoint_section(page: _Page, paths: list[Path]) -> None:
     page.add(_rows_table(rows))
 
 
-def _other_section(page: _Page, paths: list[Path]) -> None:
-    rows = [{"file": page.rel(p), "size (kB)": round(p.stat().st_size / 1024, 1)} for p in paths]
+def _other_section(page: _Page, paths: list[Path], unreadable: Mapping[Path, str]) -> None:
+    for p, why in unreadable.items():
+        page.problem(f"could not read {page.rel(p)}", why, p)
+    rows = []
+    for p in paths:
+        row: dict[str, Any] = {"file": page.rel(p), "size (kB)": _size(p, 1024, 1)}
+        if unreadable:
+            row["note"] = "unreadable: " + unreadable[p] if p in unreadable else ""
+        rows.append(row)
     page.add(_rows_table(rows))
 
 
@@ -644,14 +720,14 @@ def render_report(
         ("Loss landscapes", c.landscapes, lambda: _landscape_section(page, c.landscapes)),
         ("Statistics", c.statistics, lambda: _statistics_section(page, c.statistics)),
         ("Checkpoints", c.checkpoints, lambda: _checkpoint_section(page, c.checkpoints)),
-        ("Other files", c.other, lambda: _other_section(page, c.other)),
+        ("Other files", c.other, lambda: _other_section(page, c.other, c.unreadable)),
     )
     for name, present, render in sections:
         if present:
             page.heading(2, name)
             render()
 
-    title = title or f"deepcurvature report: {root.resolve().name}"
+    title = title or f"deepcurvature report: {page.folder(root)}"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     counts = ", ".join(
         f"{len(paths)} {one if len(paths) == 1 else many}"
@@ -667,10 +743,12 @@ def render_report(
     toc = "".join(
         f'<li><a href="#{a}">{_esc(text)}</a></li>' for level, a, text in page.toc if level == 2
     )
+    failed = list(dict.fromkeys(page.problems))
     problems = (
-        f'<p class="error">{len(page.problems)} file(s) could not be shown: see the red notes '
-        f"below.</p>\n"
-        if page.problems
+        f'<p class="error">{len(failed)} file(s) could not be shown '
+        f"({_esc(', '.join(failed[:10]))}{' ...' if len(failed) > 10 else ''}): see the red "
+        "notes below.</p>\n"
+        if failed
         else ""
     )
     head = (

@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, read_failure, unreadable_file
+from ..io.errors import one_line
 
 __all__ = [
+    "checkpoint_is_finite",
     "checkpoint_path",
     "list_checkpoints",
     "load_checkpoint",
+    "nonfinite_weights",
     "read_checkpoint",
     "save_checkpoint",
 ]
@@ -93,6 +96,49 @@ def save_checkpoint(
     return path
 
 
+_FIX_GARBAGE = (
+    "give a checkpoint-EEEEE.pt written by deepcurvature (or a state dict saved with torch.save); "
+    "a file cut short by an interrupted run or copy must be written again"
+)
+
+
+def _garbage(path: Path, reason: str) -> ValueError:
+    return ValueError(
+        one_line(
+            f"{path} is not a valid deepcurvature checkpoint (truncated or not a torch file): "
+            f"{reason}; {_FIX_GARBAGE}"
+        )
+    )
+
+
+def _torch_load(path: Path, map_location: str | torch.device | None) -> Any:
+    """``torch.load(weights_only=True)``; every failure becomes one line naming the file."""
+    try:
+        with path.open("rb") as fh:  # a folder or an unreadable file: say so before torch does
+            empty = not fh.read(1)
+    except OSError as exc:
+        raise unreadable_file(path, "checkpoint file", exc) from None
+    if empty:
+        raise _garbage(path, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings about odd pickle protocols
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        failure = read_failure(exc)
+    if failure.objects:
+        raise ValueError(
+            f"{path} is not a safe deepcurvature checkpoint: {failure.reason}, and deepcurvature "
+            "only loads tensors, dicts, lists, numbers and strings from a checkpoint; re-save the "
+            "weights with dc.save_checkpoint (or torch.save(model.state_dict(), path)) where the "
+            "file was made; checkpoints are read with torch.load(weights_only=True), which never "
+            "runs code from the file"
+        )
+    raise _garbage(path, failure.reason)
+
+
 def read_checkpoint(
     path: str | os.PathLike, *, map_location: str | torch.device | None = None
 ) -> dict[str, Any]:
@@ -103,29 +149,57 @@ def read_checkpoint(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a loadable checkpoint (for example it holds pickled objects).
+        ValueError: one line naming the file: it is a folder or unreadable; it is empty,
+            truncated or not a torch file (``"PATH is not a valid deepcurvature checkpoint
+            (truncated or not a torch file) (REASON): ..."``); it holds pickled Python objects
+            (``"PATH is not a safe deepcurvature checkpoint: ..."``); or it holds no state dict.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(
-            f"cannot load checkpoint {path} safely with weights_only=True (only tensors, dicts, "
-            f"lists, numbers and strings are allowed; re-save it with deepcurvature's "
-            f"save_checkpoint): {str(exc).splitlines()[0]}"
-        ) from exc
+    if path.is_dir():
+        found = list_checkpoints(path)
+        hint = f" (its latest is {found[-1].name})" if found else ""
+        raise ValueError(f"{path} is a folder, not a checkpoint file: give a checkpoint file{hint}")
+    data = _torch_load(path, map_location)
     if not isinstance(data, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
+        raise ValueError(
+            f"{path} holds a {type(data).__name__}, not a checkpoint dict: give a checkpoint "
+            "written by deepcurvature or a saved model state dict"
+        )
     if "state_dict" not in data:
         if data and all(isinstance(v, torch.Tensor) for v in data.values()):
             return {"state_dict": data, "epoch": None, "config": {}, "optimizer": None}
         raise ValueError(
             f"checkpoint {path} has no 'state_dict' entry (keys: {sorted(map(str, data))[:10]})"
         )
+    if not isinstance(data["state_dict"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in data["state_dict"].values()
+    ):
+        raise ValueError(
+            f"checkpoint {path} has a 'state_dict' entry that is not a dict of tensors: the file "
+            "is damaged or was not written by deepcurvature"
+        )
     data.setdefault("config", {})
+    if not isinstance(data["config"], dict):
+        data["config"] = {}
     return data
+
+
+def nonfinite_weights(ckpt: dict[str, Any], weights: str = "model") -> list[str]:
+    """The names of a checkpoint's weight tensors that hold NaN or infinite values.
+
+    Args:
+        ckpt: as returned by :func:`read_checkpoint`.
+        weights: ``"model"``, ``"swa"`` or ``"average"`` (see :func:`load_checkpoint`).
+    """
+    state = _weights(ckpt, weights, Path("(in memory)"))
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
+def checkpoint_is_finite(ckpt: dict[str, Any], weights: str = "model") -> bool:
+    """Whether every weight of a checkpoint is finite (see :func:`nonfinite_weights`)."""
+    return not nonfinite_weights(ckpt, weights)
 
 
 def _made_for(ckpt: dict[str, Any]) -> str:
@@ -160,7 +234,7 @@ def _check_fits(
     lines = [
         f"checkpoint {path} does not fit the given model ({type(model).__name__}); "
         f"it was made for {_made_for(ckpt)}. Build that model (same name, kwargs, classes, "
-        f"input channels and size) to load it."
+        f"input channels and size) to load it"
     ]
     if missing:
         lines.append(f"missing keys ({len(missing)}): {_short(missing)}")
@@ -168,26 +242,39 @@ def _check_fits(
         lines.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
     if shapes:
         lines.append(f"shape mismatches ({len(shapes)}): {_short(shapes)}")
-    raise ValueError("\n".join(lines))
+    raise ValueError("; ".join(lines))
 
 
 def _weights(ckpt: dict[str, Any], weights: str, path: Path) -> dict[str, torch.Tensor]:
     if weights == "model":
-        return ckpt["state_dict"]
-    if weights == "swa":
+        state = ckpt["state_dict"]
+    elif weights == "swa":
         swa = ckpt.get("swa_state")
         if not swa:
             raise ValueError(f"checkpoint {path} holds no SWA weights (train with swa=True)")
-        return {k[len("module.") :]: v for k, v in swa.items() if k.startswith("module.")}
-    if weights == "average":
-        avg = ckpt.get("average_state")
-        if not avg:
+        if not isinstance(swa, dict):
+            state = swa
+        else:
+            state = {
+                k[len("module.") :]: v
+                for k, v in swa.items()
+                if isinstance(k, str) and k.startswith("module.")
+            }
+    elif weights == "average":
+        state = ckpt.get("average_state")
+        if not state:
             raise ValueError(
                 f"checkpoint {path} holds no averaged weights (train with Gadam/GadamW "
                 f"after averaging has started)"
             )
-        return avg
-    raise ValueError(f"weights must be 'model', 'swa' or 'average', got {weights!r}")
+    else:
+        raise ValueError(f"weights must be 'model', 'swa' or 'average', got {weights!r}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"checkpoint {path}: its {weights!r} weights are not a dict of tensors; the file is "
+            "damaged or was not written by deepcurvature"
+        )
+    return state
 
 
 def load_checkpoint(
@@ -230,10 +317,12 @@ def load_checkpoint(
             raise ValueError(f"checkpoint {path} holds no optimizer state")
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
             made = (ckpt.get("config") or {}).get("optimizer", "an unrecorded optimizer")
             raise ValueError(
-                f"the optimizer state in {path} (made by {made!r}) does not fit the given "
-                f"{type(optimizer).__name__}: {exc}"
+                one_line(
+                    f"the optimizer state in {path} (made by {made!r}) does not fit the given "
+                    f"{type(optimizer).__name__}: {exc}"
+                )
             ) from exc
     return ckpt

@@ -1,8 +1,13 @@
 """Per-epoch statistics: evaluation, weight norms, and the ``stats.json`` file.
 
 ``stats.json`` is one JSON object ``{"format": "deepcurvature-stats", "version": 1, "config":
-{...}, "columns": [...], "rows": [{...}, ...]}`` with one row per completed epoch, rewritten
-atomically after every epoch (so it is always valid JSON). Columns: ``epoch`` (epochs completed,
+{...}, "columns": [...], "rows": [{...}, ...], "initial_loss": ..., "warnings": [...]}`` with one
+row per completed epoch, rewritten atomically after every epoch (so it is always valid JSON).
+``initial_loss`` is the training loss of the run's first batch, before any update (``null`` when
+unknown); ``warnings`` lists ``{"epoch", "kind", "message"}`` records of what went wrong:
+``"loss_growth"`` when an epoch's mean training loss exceeds :data:`LOSS_GROWTH_FACTOR` times the
+initial loss (see :func:`loss_growth_warning`), ``"diverged"`` when the run stopped on a
+non-finite loss or update. Columns: ``epoch`` (epochs completed,
 from 1), ``lr`` (learning rate at the start of the epoch), ``train_loss``, ``train_accuracy``
 (running means over the epoch's batches in training mode), ``test_loss``, ``test_accuracy``,
 ``test_top5_accuracy`` (``null`` when fewer than 5 classes, and every test column is ``null`` on
@@ -27,7 +32,13 @@ from torch import nn
 
 from ..io import atomic_write_text
 
-__all__ = ["StatsLog", "evaluate", "weight_norms"]
+__all__ = ["LOSS_GROWTH_FACTOR", "StatsLog", "evaluate", "loss_growth_warning", "weight_norms"]
+
+#: An epoch whose mean training loss is more than this many times the initial loss (the loss of
+#: the run's first batch, before any update) is reported: the loss grew by two orders of
+#: magnitude, which a converging run never does, so the run has (almost surely) diverged even
+#: when the numbers are still finite.
+LOSS_GROWTH_FACTOR = 100.0
 
 BASE_COLUMNS = [
     "epoch",
@@ -139,6 +150,40 @@ def weight_norms(model: nn.Module) -> tuple[float, float]:
 _NORM_CHUNK = 2**22
 
 
+def loss_growth_warning(
+    epoch: int,
+    train_loss: float,
+    initial_loss: float | None,
+    previous_loss: float | None = None,
+    *,
+    lr: float | None = None,
+    factor: float = LOSS_GROWTH_FACTOR,
+) -> str | None:
+    """The warning for an epoch whose training loss grew by orders of magnitude, else ``None``.
+
+    Args:
+        epoch: the epoch (from 1), for the message.
+        train_loss: its mean training loss.
+        initial_loss: the training loss before any update; no warning when unknown or <= 0.
+        previous_loss: the previous epoch's mean training loss: no new warning while the loss
+            stays above the threshold (one warning per excursion, not one per epoch).
+        lr: the epoch's learning rate, for the message.
+        factor: the threshold, as a multiple of ``initial_loss``.
+    """
+    if initial_loss is None or not initial_loss > 0 or not math.isfinite(initial_loss):
+        return None
+    limit = factor * initial_loss
+    if not train_loss > limit or (previous_loss is not None and previous_loss > limit):
+        return None
+    now = f" (lr={lr:.3g})" if lr is not None else ""
+    return (
+        f"the training loss grew by orders of magnitude: {train_loss:.3g} in epoch {epoch} is "
+        f"{train_loss / initial_loss:.3g} times the initial loss {initial_loss:.3g} (warning "
+        f"threshold: {factor:g} times); the run has probably diverged: lower the learning "
+        f"rate{now}"
+    )
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -152,6 +197,8 @@ class StatsLog:
         path: the JSON file, or ``None`` to keep the rows in memory only.
         config: the run description stored beside the rows.
         rows: initial rows (from a resumed checkpoint).
+        warnings: initial warning records ``{"epoch", "kind", "message"}``.
+        initial_loss: the training loss before any update.
     """
 
     def __init__(
@@ -159,10 +206,19 @@ class StatsLog:
         path: str | os.PathLike | None,
         config: dict[str, Any] | None = None,
         rows: list[dict[str, Any]] | None = None,
+        *,
+        warnings: list[dict[str, Any]] | None = None,
+        initial_loss: float | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.config = dict(config or {})
         self.rows: list[dict[str, Any]] = [dict(r) for r in (rows or [])]
+        self.warnings: list[dict[str, Any]] = [dict(w) for w in (warnings or [])]
+        self.initial_loss = initial_loss
+
+    def add_warning(self, epoch: int, kind: str, message: str) -> None:
+        """Record a warning (written with the next :meth:`write` or :meth:`append`)."""
+        self.warnings.append({"epoch": int(epoch), "kind": kind, "message": message})
 
     def columns(self) -> list[str]:
         """Column names: the base ones, then any extra ones in order of appearance."""
@@ -186,10 +242,12 @@ class StatsLog:
             "config": self.config,
             "columns": self.columns(),
             "rows": self.rows,
+            "initial_loss": _clean(self.initial_loss),
+            "warnings": self.warnings,
         }
         atomic_write_text(self.path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
     @staticmethod
     def load(path: str | os.PathLike) -> dict[str, Any]:
-        """Read a ``stats.json`` file (``{"config", "columns", "rows", ...}``)."""
+        """Read a ``stats.json`` file (``{"config", "columns", "rows", "warnings", ...}``)."""
         return json.loads(Path(path).read_text())

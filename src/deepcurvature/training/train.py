@@ -8,14 +8,25 @@ the first ``swa_start`` epochs (``"linear"`` then ends at ``swa_lr``, as in Izma
 2018), the learning rate is ``swa_lr`` afterwards, and the weights after every ``swa_c_epochs``-th
 epoch from ``swa_start`` on are averaged (``torch.optim.swa_utils.AveragedModel``; batch-norm
 statistics are recomputed with ``update_bn`` before each SWA evaluation).
+
+Safety rules (see ``docs/training.md``): every argument, the checkpoint to resume from and the run
+folder are checked before anything is written; a non-finite training loss stops the run at the
+step where it appears, and so does a non-finite value inside the optimiser's step
+(:class:`TrainingDivergedError`); an epoch whose training loss exceeds ``LOSS_GROWTH_FACTOR``
+times the initial loss is reported (``warnings.warn`` and the ``warnings`` of ``stats.json``); a
+call that fails before writing a checkpoint beyond the one it started from removes the files and
+folders it created, so that the same call can be retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +40,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._version import __version__
 from ..linalg.probes import resolve_seed
-from ..optim import IterateAveraging, build_optimizer, optimizer_defaults
+from ..optim import (
+    IterateAveraging,
+    build_optimizer,
+    check_hyperparameters,
+    check_optimizer_arguments,
+    optimizer_defaults,
+    same_optimizer,
+)
 from ..progress import ProgressBar
 from .checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from .rng import get_rng_state, loader_generators, set_rng_state
 from .schedules import Schedule, get_schedule
-from .stats import StatsLog, evaluate, weight_norms
+from .stats import StatsLog, evaluate, loss_growth_warning, weight_norms
 
-__all__ = ["TrainResult", "train_network"]
+__all__ = ["TrainResult", "TrainingDivergedError", "train_network"]
+
+
+class TrainingDivergedError(ValueError, FloatingPointError):
+    """Training produced a non-finite loss, update or weight.
+
+    A ``ValueError`` (as before) and a ``FloatingPointError``; the message names the epoch, the
+    step and the fix.
+    """
 
 
 @dataclass
@@ -51,6 +77,8 @@ class TrainResult:
         checkpoints: the checkpoint files written by this call, in order.
         config: the JSON-serialisable run description stored in checkpoints.
         swa_model: the ``AveragedModel`` when ``swa=True``.
+        warnings: the warning records of the run (``{"epoch", "kind", "message"}``, as in
+            ``stats.json``).
     """
 
     dir: Path | None
@@ -60,6 +88,7 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     swa_model: nn.Module | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_checkpoint(self) -> Path | None:
@@ -190,11 +219,15 @@ def _resolve_device(device: Any, model: Any) -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise ValueError(
-                f"invalid device {device!r}: use e.g. 'cpu', 'cuda' or 'cuda:1'"
-            ) from exc
+            raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda' or 'cuda:1'") from exc
+        if dev.type == "meta":
+            raise ValueError(f"cannot train on device {device!r} (it holds no data): use 'cpu'")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} is not available here: use device='cpu'")
+        try:
+            torch.empty(1, device=dev)  # an unavailable backend or device index fails here
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"device {device!r} is not available here: use device='cpu'") from exc
         return dev
     if isinstance(model, nn.Module):
         first = next(iter(model.parameters()), None)
@@ -240,7 +273,8 @@ def _check_args(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-    positive_int("epochs", epochs)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be 0 or a positive integer, got {epochs!r}")
     positive_int("batch_size", batch_size)
     positive_int("eval_freq", eval_freq)
     if save_freq is not None:
@@ -251,11 +285,157 @@ def _check_args(
         positive_int("swa_c_epochs", swa_c_epochs)
         if swa_start is not None and not (0 <= swa_start <= epochs):
             raise ValueError(f"swa_start must be in [0, epochs={epochs}], got {swa_start}")
-        if swa_lr is not None and not swa_lr > 0:
-            raise ValueError(f"swa_lr must be positive, got {swa_lr}")
+        if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
+            raise ValueError(f"swa_lr must be a finite positive number, got {swa_lr}")
+
+
+def _check_optimizer(optimizer: Any, kwargs: dict[str, Any]) -> None:
+    """Fail fast on an unknown name, an unknown argument or a non-finite / wrongly signed one."""
+    if isinstance(optimizer, str):
+        check_optimizer_arguments(optimizer, kwargs)
+    elif isinstance(optimizer, type):
+        check_hyperparameters(f"optimizer {optimizer.__name__!r}", kwargs)
+
+
+def _optimizer_name(optimizer: Any) -> str | None:
+    if isinstance(optimizer, str):
+        return optimizer
+    return getattr(optimizer, "__name__", None)
+
+
+def _read_resume(resume: Any, optimizer: Any, epochs: int) -> dict[str, Any]:
+    """Read the checkpoint to resume from and refuse what cannot continue it."""
+    ckpt = load_checkpoint(resume, map_location="cpu")  # read (and check) it first
+    if ckpt.get("optimizer") is None or ckpt.get("epoch") is None:
+        raise ValueError(f"{resume} is not a training checkpoint (no optimizer state / epoch)")
+    at = int(ckpt["epoch"])
+    if epochs < at:
+        raise ValueError(
+            f"checkpoint {resume} is at epoch {at}, epochs={epochs} is below it: give epochs > "
+            f"{at} to continue training, or use the checkpoint as it is (dc.load_checkpoint) "
+            "without training"
+        )
+    if epochs == at:
+        raise ValueError(
+            f"checkpoint {resume} is already at epoch {at}, so epochs={epochs} leaves nothing to "
+            f"train: give epochs > {at} to continue training"
+        )
+    made = (ckpt.get("config") or {}).get("optimizer")
+    given = _optimizer_name(optimizer)
+    if made and given and not same_optimizer(str(made), given):
+        raise ValueError(
+            f"checkpoint {resume} was trained with {made!r}, not {given!r}: resume with "
+            f"optimizer={made!r} (or start a new run without resume)"
+        )
+    return ckpt
+
+
+def _check_run_dir(run_dir: Path, resume: Any, resume_epoch: int, overwrite: bool) -> None:
+    """Refuse a run folder whose run would be overwritten or orphaned (unless ``overwrite``)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"dir {run_dir} exists and is not a folder: choose another dir")
+    found = list_checkpoints(run_dir)
+    if overwrite or not ((run_dir / "stats.json").exists() or found):
+        return
+    if resume is None:
+        raise ValueError(
+            f"{run_dir} already holds a training run: choose a new dir, continue it with "
+            f"resume=<checkpoint>, or pass overwrite=True"
+        )
+    source = Path(resume).resolve()
+    if source.parent != run_dir.resolve():
+        raise ValueError(
+            f"{run_dir} already holds another training run than the one of {resume}: choose a "
+            f"new dir (or {source.parent} itself), or pass overwrite=True"
+        )
+    later = [p for p in found if int(p.stem.split("-")[1]) > resume_epoch]
+    if later:
+        names = ", ".join(p.name for p in later)
+        raise ValueError(
+            f"{resume} is not the latest checkpoint of {run_dir} (later: {names}): resuming into "
+            f"the same folder would overwrite or orphan them; resume from {later[-1].name}, "
+            "choose another dir, or pass overwrite=True"
+        )
+
+
+def _nonfinite_entry(value: Any, where: str = "") -> str | None:
+    """The path (``optimizer_kwargs.lr``) of a non-finite float in a JSON-like value."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "value")
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nonfinite_entry(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    """The run description must be valid JSON (no NaN or infinity) before the folder is made."""
+    try:
+        json.dumps(config, allow_nan=False)
+    except ValueError:
+        where = _nonfinite_entry(config) or "an argument"
+        if where.startswith("schedule.kwargs."):  # stored as the schedule's config
+            where = "schedule_kwargs." + where[len("schedule.kwargs.") :]
+        raise ValueError(
+            f"{where} is not a finite number: give finite values (the run's configuration is "
+            "stored as JSON)"
+        ) from None
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _is_ours(name: str, written: set[str]) -> bool:
+    """A run file (or an atomic-write temporary ``.NAME.XXXX.tmp`` of one) this call writes."""
+    if name in written or name == "stats.json":
+        return True
+    return name.endswith(".tmp") and name.startswith((".stats.json.", ".checkpoint-"))
+
+
+def _remove_partial_run(
+    run_dir: Path, created: list[Path], before: set[str], written: set[str]
+) -> None:
+    """Remove the files a failed call created in ``run_dir``, then the folders it created.
+
+    Only run files (``stats.json``, the checkpoints it wrote, their temporaries) that did not
+    exist before the call are removed, and only folders this call created that are then empty.
+    """
+    if run_dir.is_dir():
+        for entry in run_dir.iterdir():
+            if entry.name not in before and _is_ours(entry.name, written):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # fails (and is kept) when something else is in it
 
 
 # ---------------------------------------------------------------------------- the loop
+def _diverged(where: str, reason: str, opt: torch.optim.Optimizer) -> TrainingDivergedError:
+    """The error of a run that diverged ``where`` (``"epoch 2, step 7 of 12"``)."""
+    text = f"training diverged at {where}: {reason}"
+    if "learning rate" not in reason:
+        group = opt.param_groups[0]
+        fixes = [f"lower the learning rate (lr={group['lr']:.3g})"]
+        if isinstance(group.get("damping"), (int, float)):
+            fixes.append(f"raise damping (damping={group['damping']:.3g})")
+        text += f"; {', '.join(fixes)} or check the data"
+    return TrainingDivergedError(" ".join(text.split()))
+
+
 def _train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -264,17 +444,21 @@ def _train_epoch(
     device: torch.device,
     progress: ProgressBar,
     lr_at: Callable[[int], None] | None,
-) -> tuple[float, float | None]:
-    """One pass over ``loader``; returns ``(mean loss, accuracy)`` read once at the end.
+    epoch: int,
+) -> tuple[float, float | None, float]:
+    """One pass over ``loader``; returns ``(mean loss, accuracy, loss of the first batch)``.
 
-    The per-batch losses and hit masks are kept on the device and reduced once per epoch (two
-    small ops per batch instead of six for running sums).
+    Each batch's loss is read once (one host read per step) and checked before the backward
+    pass: a non-finite loss, or a ``FloatingPointError`` / ``LinAlgError`` inside the
+    optimiser's step, raises :class:`TrainingDivergedError` naming ``epoch`` (from 1) and the
+    step. The hit masks stay on the device and are reduced once per epoch.
     """
     model.train()
-    losses: list[torch.Tensor] = []
+    total = 0.0
     sizes: list[int] = []
     hits: list[torch.Tensor] = []
     classify = None
+    first = math.nan
     n_batches = len(loader)
     info_every = max(1, n_batches // 10)
     for b, (x, y) in enumerate(loader):
@@ -285,9 +469,18 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         loss = loss_fn(out, y)
+        value = loss.item()
+        where = f"epoch {epoch}, step {b + 1} of {n_batches}"
+        if not math.isfinite(value):
+            raise _diverged(where, f"the training loss is {value}", optimizer)
+        if b == 0:
+            first = value
         loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
+        try:
+            optimizer.step()
+        except (FloatingPointError, torch.linalg.LinAlgError) as exc:
+            raise _diverged(where, f"in the optimizer's step: {exc}", optimizer) from exc
+        total += value * y.shape[0]
         sizes.append(y.shape[0])
         if classify is None:
             classify = out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
@@ -295,25 +488,22 @@ def _train_epoch(
             hits.append(out.detach().argmax(dim=1) == y)
         progress.advance()
         if progress.verbose and ((b + 1) % info_every == 0 or b + 1 == n_batches):
-            mean, acc = _epoch_means(losses, sizes, hits)
+            mean, acc = _epoch_means(total, sizes, hits)
             text = f"loss {mean:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")
             progress.set_info(text)
     if not sizes:
         raise ValueError("the training loader is empty")
-    return _epoch_means(losses, sizes, hits)
+    return (*_epoch_means(total, sizes, hits), first)
 
 
 def _epoch_means(
-    losses: list[torch.Tensor], sizes: list[int], hits: list[torch.Tensor]
+    total: float, sizes: list[int], hits: list[torch.Tensor]
 ) -> tuple[float, float | None]:
-    """Sample-weighted mean of the batch losses and the accuracy, with one host read."""
-    weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
-    total = torch.stack(losses).double().mul_(weights).sum()
+    """Sample-weighted mean of the batch losses and the accuracy (one host read)."""
     count = sum(sizes)
     if not hits:
-        return float(total) / count, None
-    both = torch.stack([total, torch.cat(hits).sum().double()]).tolist()
-    return both[0] / count, both[1] / count
+        return total / count, None
+    return total / count, float(torch.cat(hits).sum()) / count
 
 
 def _evaluate_all(
@@ -355,14 +545,20 @@ def _evaluate_all(
     return row
 
 
-def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
+def _print_summary(
+    rows: list[dict[str, Any]], title: str, notes: list[dict[str, Any]] | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     def fmt(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    table = Table(title=title)
+    caption = None
+    if notes:
+        title += " (WARNING: see below)"
+        caption = "\n".join(f"warning (epoch {w['epoch']}): {w['message']}" for w in notes)
+    table = Table(title=title, caption=caption, caption_style="bold yellow")
     cols = [
         ("epoch", "epoch", "d"),
         ("lr", "lr", ".3g"),
@@ -431,7 +627,7 @@ def train_network(
         model: a model name (``dc.get_model``) or an ``nn.Module``.
         optimizer: a name (``dc.list_optimizers()``) or a ``torch.optim.Optimizer`` subclass.
         optimizer_kwargs: its arguments (``lr``, ``momentum``, ``weight_decay``...).
-        epochs: number of epochs ``T``.
+        epochs: number of epochs ``T``; 0 writes only the (seeded) initial weights.
         batch_size: training batch size (when the loaders are built here).
         schedule: ``"linear"`` (equation 11), ``"constant"``, ``"step"``, ``"cosine"`` or
             ``f(t, T) -> factor``.
@@ -463,8 +659,22 @@ def train_network(
         A :class:`TrainResult`.
 
     Raises:
-        ValueError: bad arguments (before any file is written), an existing run in ``dir``
-            (without ``resume``/``overwrite``), a diverged (non-finite) training loss.
+        ValueError: before anything is written: bad arguments (a non-finite or wrongly signed
+            optimiser argument, an invalid device, an unknown model, data set or optimiser
+            name), an existing run in ``dir`` (without ``resume``/``overwrite``), a ``resume``
+            checkpoint at or beyond ``epochs``, made by another optimiser, or followed by later
+            checkpoints in ``dir`` (without ``overwrite``).
+        TrainingDivergedError: (a ``ValueError``) a non-finite training loss, optimiser update
+            or weight, naming the epoch and the step.
+
+    Warns:
+        RuntimeWarning: an epoch's mean training loss above ``LOSS_GROWTH_FACTOR`` (100) times
+            the initial loss (also recorded in ``stats.json``'s ``warnings``).
+
+    A call that fails (any exception, ``KeyboardInterrupt`` included) before writing a
+    checkpoint beyond the epoch it started from removes the files it created (``stats.json``,
+    ``checkpoint-00000.pt``, temporaries) and the folders it created, if then empty; files that
+    existed before the call are never removed.
     """
     _check_args(
         epochs,
@@ -482,13 +692,12 @@ def train_network(
     optimizer_kwargs = dict(optimizer_kwargs or {})
     schedule_kwargs = dict(schedule_kwargs or {})
     get_schedule(schedule, 1, **schedule_kwargs)  # fail fast on a bad name or parameter
-    if isinstance(optimizer, str):
-        optimizer_defaults(optimizer)  # fail fast on an unknown name
-    resume_ckpt = None
-    if resume is not None:
-        resume_ckpt = load_checkpoint(resume, map_location="cpu")  # read (and check) it first
-        if resume_ckpt.get("optimizer") is None or resume_ckpt.get("epoch") is None:
-            raise ValueError(f"{resume} is not a training checkpoint (no optimizer state / epoch)")
+    _check_optimizer(optimizer, optimizer_kwargs)
+    resume_ckpt = _read_resume(resume, optimizer, epochs) if resume is not None else None
+    start_epoch = int(resume_ckpt["epoch"]) if resume_ckpt is not None else 0
+    run_dir = Path(dir) if dir is not None else None
+    if run_dir is not None:
+        _check_run_dir(run_dir, resume, start_epoch, overwrite)
     if seed is None and resume_ckpt is not None:
         seed = (resume_ckpt.get("config") or {}).get("seed")
     seed = resolve_seed(seed)
@@ -518,90 +727,102 @@ def train_network(
     net.to(dev)
     swa_model = AveragedModel(net) if swa else None  # before the optimizer adds any hooks
     opt, opt_name = _resolve_optimizer(optimizer, net, optimizer_kwargs)
-    for group in opt.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    lr0 = float(opt.param_groups[0]["initial_lr"])
+    try:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        lr0 = float(opt.param_groups[0]["initial_lr"])
 
-    if swa:
-        swa_start = int(0.75 * epochs) if swa_start is None else int(swa_start)
-        swa_lr = 0.1 * lr0 if swa_lr is None else float(swa_lr)
-        horizon = swa_start
-        if str(schedule).lower() == "linear" and "r" not in schedule_kwargs:
-            schedule_kwargs["r"] = min(1.0, swa_lr / lr0)
-    else:
-        horizon = epochs
-    scale = n_batches if schedule_unit == "iteration" else 1
-    sched: Schedule | None = (
-        get_schedule(schedule, horizon * scale, **schedule_kwargs) if horizon > 0 else None
-    )
+        if swa:
+            swa_start = int(0.75 * epochs) if swa_start is None else int(swa_start)
+            swa_lr = 0.1 * lr0 if swa_lr is None else float(swa_lr)
+            horizon = swa_start
+            if str(schedule).lower() == "linear" and "r" not in schedule_kwargs:
+                schedule_kwargs["r"] = min(1.0, swa_lr / lr0)
+        else:
+            horizon = epochs
+        scale = n_batches if schedule_unit == "iteration" else 1
+        sched: Schedule | None = (
+            get_schedule(schedule, horizon * scale, **schedule_kwargs) if horizon > 0 else None
+        )
 
-    config = _jsonable(
-        {
-            "model": model_name,
-            "model_kwargs": model_kwargs or {},
-            "dataset": data["name"],
-            "data_path": str(data_path) if data_path is not None else None,
-            "data_kwargs": data_kwargs or {},
-            "num_classes": data["num_classes"],
-            "in_channels": data["in_channels"],
-            "input_size": data["input_size"],
-            "use_test": use_test,
-            "batch_size": batch_size,
-            "optimizer": opt_name,
-            "optimizer_kwargs": (
-                {**optimizer_defaults(optimizer), **optimizer_kwargs}
-                if isinstance(optimizer, str)
-                else optimizer_kwargs
-            ),
-            "schedule": sched.config() if sched is not None else None,
-            "schedule_unit": schedule_unit,
-            "epochs": epochs,
-            "eval_freq": eval_freq,
-            "save_freq": save_freq,
-            "swa": swa,
-            "swa_start": swa_start,
-            "swa_lr": swa_lr,
-            "swa_c_epochs": swa_c_epochs,
-            "seed": seed,
-            "loss": getattr(loss_fn, "__name__", type(loss_fn).__name__),
-            "device": str(dev),
-            "deepcurvature_version": __version__,
-        }
-    )
+        config = _jsonable(
+            {
+                "model": model_name,
+                "model_kwargs": model_kwargs or {},
+                "dataset": data["name"],
+                "data_path": str(data_path) if data_path is not None else None,
+                "data_kwargs": data_kwargs or {},
+                "num_classes": data["num_classes"],
+                "in_channels": data["in_channels"],
+                "input_size": data["input_size"],
+                "use_test": use_test,
+                "batch_size": batch_size,
+                "optimizer": opt_name,
+                "optimizer_kwargs": (
+                    {**optimizer_defaults(optimizer), **optimizer_kwargs}
+                    if isinstance(optimizer, str)
+                    else optimizer_kwargs
+                ),
+                "schedule": sched.config() if sched is not None else None,
+                "schedule_unit": schedule_unit,
+                "epochs": epochs,
+                "eval_freq": eval_freq,
+                "save_freq": save_freq,
+                "swa": swa,
+                "swa_start": swa_start,
+                "swa_lr": swa_lr,
+                "swa_c_epochs": swa_c_epochs,
+                "seed": seed,
+                "loss": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+                "device": str(dev),
+                "deepcurvature_version": __version__,
+            }
+        )
+        _check_config(config)
 
-    start_epoch, rows = 0, []
-    if resume_ckpt is not None:
-        load_checkpoint(resume, net, opt, map_location=dev)
-        start_epoch = int(resume_ckpt["epoch"])
-        rows = [r for r in resume_ckpt.get("stats", []) if r.get("epoch", 0) <= start_epoch]
-        if swa_model is not None:
-            if resume_ckpt.get("swa_state"):
+        rows: list[dict[str, Any]] = []
+        notes: list[dict[str, Any]] = []
+        initial_loss = None
+        if resume_ckpt is not None:
+            load_checkpoint(resume, net, opt, map_location=dev)
+            rows = [r for r in resume_ckpt.get("stats", []) if r.get("epoch", 0) <= start_epoch]
+            notes = [w for w in resume_ckpt.get("warnings", []) if w.get("epoch", 0) <= start_epoch]
+            initial_loss = resume_ckpt.get("initial_loss")
+            if initial_loss is None and rows:  # a checkpoint written before it was recorded
+                initial_loss = rows[0].get("train_loss")
+            if swa_model is not None and resume_ckpt.get("swa_state"):
                 swa_model.load_state_dict(resume_ckpt["swa_state"])
-    run_dir = Path(dir) if dir is not None else None
-    if run_dir is not None:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"dir {run_dir} exists and is not a folder: choose another dir")
-        busy = (run_dir / "stats.json").exists() or bool(list_checkpoints(run_dir))
-        if busy and resume is None and not overwrite:
-            raise ValueError(
-                f"{run_dir} already holds a training run: choose a new dir, continue it with "
-                f"resume=<checkpoint>, or pass overwrite=True"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if verbose:
-            print(f"run folder: {run_dir}", flush=True)
-    log = StatsLog(run_dir / "stats.json" if run_dir else None, config, rows)
-    log.write()
-    gens = loader_generators(train_loader)
-    if resume_ckpt is not None:
-        set_rng_state(resume_ckpt["rng"], gens)
+        log = StatsLog(
+            run_dir / "stats.json" if run_dir else None,
+            config,
+            rows,
+            warnings=notes,
+            initial_loss=initial_loss,
+        )
+        gens = loader_generators(train_loader)
+        if resume_ckpt is not None:
+            set_rng_state(resume_ckpt["rng"], gens)
+    except BaseException:
+        _remove_hooks(opt)
+        raise
 
+    # ------------------------------------------------------------------ writing starts here
     written: list[Path] = []
+    saved: list[int] = []  # their epochs
+    created = _missing_folders(run_dir) if run_dir is not None else []
+    before: set[str] = set()  # the names in the run folder before this call wrote anything
+    if run_dir is not None and run_dir.is_dir():
+        before = {p.name for p in run_dir.iterdir()}
 
     def save(epoch: int) -> None:
         if run_dir is None:
             return
-        extra: dict[str, Any] = {"rng": get_rng_state(gens), "stats": log.rows}
+        extra: dict[str, Any] = {
+            "rng": get_rng_state(gens),
+            "stats": log.rows,
+            "warnings": log.warnings,
+            "initial_loss": log.initial_loss,
+        }
         if swa_model is not None:
             extra["swa_state"] = swa_model.state_dict()
         if isinstance(opt, IterateAveraging) and opt.n_averaged > 0:
@@ -610,6 +831,7 @@ def train_network(
         path = checkpoint_path(run_dir, epoch)
         save_checkpoint(path, net, opt, epoch=epoch, config=config, **extra)
         written.append(path)
+        saved.append(epoch)
 
     def set_lr(t_epoch: int, batch: int = 0) -> None:
         if swa and t_epoch >= swa_start:
@@ -620,10 +842,15 @@ def train_network(
         for g, lr in zip(opt.param_groups, factor_lr, strict=True):
             g["lr"] = lr
 
-    if resume_ckpt is None:
-        save(0)
     bn = _has_batchnorm(net)
     try:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if verbose:
+                print(f"run folder: {run_dir}", flush=True)
+        log.write()
+        if resume_ckpt is None:
+            save(0)
         for e in range(start_epoch, epochs):
             set_lr(e)
             lr_now = opt.param_groups[0]["lr"]
@@ -631,16 +858,30 @@ def train_network(
             if schedule_unit == "iteration" and not (swa and e >= swa_start):
                 per_iter = lambda b, e=e: set_lr(e, b)  # noqa: E731
             t0 = time.perf_counter()
-            with ProgressBar(n_batches, f"epoch {e + 1}/{epochs}", verbose) as bar:
-                train_loss, train_acc = _train_epoch(
-                    net, train_loader, opt, loss_fn, dev, bar, per_iter
-                )
+            try:
+                with ProgressBar(n_batches, f"epoch {e + 1}/{epochs}", verbose) as bar:
+                    train_loss, train_acc, first_loss = _train_epoch(
+                        net, train_loader, opt, loss_fn, dev, bar, per_iter, e + 1
+                    )
+                l2, linf = weight_norms(net)
+                if not (math.isfinite(l2) and math.isfinite(linf)):
+                    raise _diverged(
+                        f"epoch {e + 1}, step {n_batches} of {n_batches}",
+                        "the weights are not finite after the optimizer's step",
+                        opt,
+                    )
+            except TrainingDivergedError as exc:
+                log.add_warning(e + 1, "diverged", str(exc))
+                with contextlib.suppress(OSError):  # the failure to report is the divergence
+                    log.write()
+                raise
             train_time = time.perf_counter() - t0
+            if log.initial_loss is None:
+                log.initial_loss = first_loss
             if hasattr(opt, "epoch_end"):
                 opt.epoch_end(e + 1)
             if swa and e + 1 >= swa_start and (e + 1 - swa_start) % swa_c_epochs == 0:
                 swa_model.update_parameters(net)
-            l2, linf = weight_norms(net)
             row: dict[str, Any] = {
                 "epoch": e + 1,
                 "lr": lr_now,
@@ -654,27 +895,35 @@ def train_network(
                 "weight_l2": l2,
                 "weight_linf": linf,
             }
-            if not math.isfinite(train_loss):
-                log.append(row)
-                raise ValueError(
-                    f"training diverged: the training loss is {train_loss} at epoch {e + 1}; lower "
-                    f"the learning rate (now {lr_now:.3g}) or check the data"
-                )
             if (e + 1) % eval_freq == 0 or e + 1 == epochs:
                 row.update(_evaluate_all(net, swa_model, opt, loaders, loss_fn, dev, bn))
             if swa_model is not None:
                 row["swa_n_averaged"] = int(swa_model.n_averaged)
             if isinstance(opt, IterateAveraging):
                 row["n_averaged"] = opt.n_averaged
+            previous = log.rows[-1].get("train_loss") if log.rows else None
+            note = loss_growth_warning(e + 1, train_loss, log.initial_loss, previous, lr=lr_now)
+            if note is not None:
+                log.add_warning(e + 1, "loss_growth", note)
+                warnings.warn(note, RuntimeWarning, stacklevel=2)
             log.append(row)
             if (save_freq is not None and (e + 1) % save_freq == 0) or e + 1 == epochs:
                 save(e + 1)
+    except BaseException:
+        # nothing to resume from beyond the starting point: leave the folder as it was found
+        if run_dir is not None and not any(e > start_epoch for e in saved):
+            _remove_partial_run(run_dir, created, before, {p.name for p in written})
+        raise
     finally:
-        if hasattr(opt, "remove_hooks"):
-            opt.remove_hooks()  # K-FAC's hooks must not outlive training
+        _remove_hooks(opt)
     if verbose and log.rows:
         title = f"{model_name} on {data['name']} with {opt_name}"
         if run_dir is not None:
             title += f" -> {run_dir}"
-        _print_summary(log.rows, title)
-    return TrainResult(run_dir, net, opt, log.rows, written, config, swa_model)
+        _print_summary(log.rows, title, log.warnings)
+    return TrainResult(run_dir, net, opt, log.rows, written, config, swa_model, log.warnings)
+
+
+def _remove_hooks(opt: torch.optim.Optimizer) -> None:
+    if hasattr(opt, "remove_hooks"):
+        opt.remove_hooks()  # K-FAC's hooks must not outlive training
