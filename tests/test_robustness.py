@@ -455,3 +455,25 @@ def test_spectrum_at_initialisation_with_zero_training_epochs(tmp_path):
     a = np.load(out / "spectrum.npz")["nodes"]
     b = np.load(again / "spectrum.npz")["nodes"]
     np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_files_through_the_python_api_are_one_line(run_dir, tmp_path):
+    import deepcurvature as dc
+    from deepcurvature.analysis.landscape import LandscapeResult
+    from deepcurvature.plotting.spectrum import read_spectrum
+
+    _, _, spectrum = run_dir
+    data = Path(f"{spectrum}.npz").read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 3])
+    for load in (read_spectrum, dc.SpectrumResult.load, LandscapeResult.load):
+        with pytest.raises(ValueError, match=r"cut\.npz is not a valid") as info:
+            load(cut)
+        assert "\n" not in str(info.value) and "allow_pickle" not in str(info.value)
+    np.savez(tmp_path / "other.npz", t=np.zeros(3))  # a landscape file without its arrays
+    with pytest.raises(ValueError, match=r"other.npz is not a valid .* \(no 'eigenvalues' array"):
+        LandscapeResult.load(tmp_path / "other.npz")
+    bad = tmp_path / "stats.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="stats.json is not a valid stats.json file"):
+        dc.StatsLog.load(bad)

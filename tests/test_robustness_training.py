@@ -249,6 +249,30 @@ def test_resume_from_the_latest_checkpoint_continues_and_overwrite_allows_a_rewi
     assert [r["epoch"] for r in res.stats] == [1, 2, 3]
 
 
+def test_resume_with_new_hyperparameters_uses_them_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    _small_run(run, optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, schedule="constant")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checkpoint's own values: no warning
+        same = _small_run(
+            tmp_path / "same",
+            resume=run / "checkpoint-00003.pt",
+            epochs=4,
+            optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
+            schedule="constant",
+        )
+    assert same.stats[-1]["lr"] == 0.05
+    with pytest.warns(RuntimeWarning, match=r"lr=0.01 \(checkpoint: 0.05\).*no longer matches"):
+        res = _small_run(
+            tmp_path / "new",
+            resume=run / "checkpoint-00003.pt",
+            epochs=4,
+            optimizer_kwargs={"lr": 0.01, "momentum": 0.9},
+            schedule="constant",
+        )
+    assert res.stats[-1]["lr"] == 0.01 and res.optimizer.param_groups[0]["lr"] == 0.01
+
+
 def test_resume_with_another_optimizer_is_refused_up_front(three_epochs):
     before = _snapshot(three_epochs)
     last = three_epochs / "checkpoint-00003.pt"

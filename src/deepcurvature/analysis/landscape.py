@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..io.errors import invalid_file
 from ..io.results import load_npz_json, save_npz_json
 from ..linalg.probes import resolve_seed
 from ..operators.base import CurvatureOperator
@@ -587,6 +588,15 @@ class LandscapeResult:
             raise ValueError(
                 f"{path} is not a loss-landscape file (kind {meta.get('kind')!r}); write one with "
                 "dc.build_loss_landscape or 'deepcurvature landscape'"
+            )
+        needed = ("eigenvalues", "ritz_indices", "norms", "slopes", "uhu", "thetas", "train_loss")
+        missing = [k for k in needed if k not in arrays]
+        if missing:
+            raise invalid_file(
+                path,
+                "deepcurvature result file",
+                f"no {missing[0]!r} array" + (f" (nor {missing[1:]})" if missing[1:] else ""),
+                "compute it again or give a file written by deepcurvature",
             )
         return cls(
             t=arrays["t"],

@@ -27,7 +27,6 @@ stays distinguishable under the common colour-vision deficiencies.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -42,7 +41,7 @@ from matplotlib.ticker import NullLocator
 from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
 
 from ..io import atomic_write_bytes
-from ..io.results import result_paths
+from ..io.results import npz_names, read_json, read_npz, result_paths
 from ..linalg.density import SpectralDensity, density_metadata_from_file
 from .style import OKABE_ITO, matrix_label
 
@@ -100,14 +99,12 @@ def read_spectrum(path: str | os.PathLike) -> tuple[SpectralDensity, dict[str, A
         raise FileNotFoundError(f"no result file at {npz}")
     meta: dict[str, Any] = {}
     if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{sidecar} is not valid JSON ({exc})") from None
+        meta = read_json(sidecar, what="result file")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{sidecar} is not a valid result file: its JSON is not an object")
     # read only the density's arrays: the file may also hold (P, m) eigenvectors
-    with np.load(npz, allow_pickle=False) as data:
-        names = list(data.files)
-        arrays = {k: data[k] for k in ("nodes", "weights", "probe_index") if k in names}
+    names = npz_names(npz)
+    arrays = read_npz(npz, ("nodes", "weights", "probe_index"))
     missing = [k for k in ("nodes", "weights") if k not in arrays]
     if missing:
         kind = meta.get("kind")

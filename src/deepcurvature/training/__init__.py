@@ -1,9 +1,11 @@
 """Training: ``train_network``, learning-rate schedules, checkpoints and per-epoch statistics."""
 
 from .checkpoint import (
+    checkpoint_is_finite,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
+    nonfinite_weights,
     read_checkpoint,
     save_checkpoint,
 )
@@ -18,12 +20,14 @@ from .schedules import (
     step_schedule,
 )
 from .stats import StatsLog, evaluate, weight_norms
-from .train import TrainResult, train_network
+from .train import TrainingDivergedError, TrainResult, train_network
 
 __all__ = [
     "Schedule",
     "StatsLog",
     "TrainResult",
+    "TrainingDivergedError",
+    "checkpoint_is_finite",
     "checkpoint_path",
     "constant_schedule",
     "cosine_schedule",
@@ -34,6 +38,7 @@ __all__ = [
     "list_checkpoints",
     "list_schedules",
     "load_checkpoint",
+    "nonfinite_weights",
     "read_checkpoint",
     "save_checkpoint",
     "set_rng_state",

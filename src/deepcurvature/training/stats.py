@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_text
+from ..io.results import read_json
 
 __all__ = ["LOSS_GROWTH_FACTOR", "StatsLog", "evaluate", "loss_growth_warning", "weight_norms"]
 
@@ -250,4 +251,7 @@ class StatsLog:
     @staticmethod
     def load(path: str | os.PathLike) -> dict[str, Any]:
         """Read a ``stats.json`` file (``{"config", "columns", "rows", "warnings", ...}``)."""
-        return json.loads(Path(path).read_text())
+        doc = read_json(path, what="stats.json file")
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path} is not a valid stats.json file: its JSON is not an object")
+        return doc

@@ -303,6 +303,38 @@ def _optimizer_name(optimizer: Any) -> str | None:
     return getattr(optimizer, "__name__", None)
 
 
+def _keep_asked_hyperparameters(
+    opt: torch.optim.Optimizer,
+    asked: list[dict[str, Any]],
+    kwargs: dict[str, Any],
+    resume: Any,
+) -> None:
+    """After a resume, the hyper-parameters given in ``kwargs`` win over the checkpoint's.
+
+    ``load_state_dict`` restores the checkpoint's ``lr``, ``momentum``... into the parameter
+    groups; a value the caller gave that differs is put back, with a warning that the continued
+    run is no longer the uninterrupted one.
+    """
+    changed: dict[str, tuple[Any, Any]] = {}
+    for group, want in zip(opt.param_groups, asked, strict=True):
+        for key in kwargs:
+            if key == "params" or key not in group or key not in want:
+                continue
+            if group[key] != want[key]:
+                changed.setdefault(key, (group[key], want[key]))
+                group[key] = want[key]
+                if key == "lr":
+                    group["initial_lr"] = want.get("initial_lr", want["lr"])
+    if changed:
+        text = ", ".join(f"{k}={new!r} (checkpoint: {old!r})" for k, (old, new) in changed.items())
+        warnings.warn(
+            f"resuming {resume} with {text}: the continued run uses the new values, so it no "
+            "longer matches an uninterrupted run",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _read_resume(resume: Any, optimizer: Any, epochs: int) -> dict[str, Any]:
     """Read the checkpoint to resume from and refuse what cannot continue it."""
     ckpt = load_checkpoint(resume, map_location="cpu")  # read (and check) it first
@@ -784,7 +816,9 @@ def train_network(
         notes: list[dict[str, Any]] = []
         initial_loss = None
         if resume_ckpt is not None:
+            asked = [dict(g) for g in opt.param_groups]
             load_checkpoint(resume, net, opt, map_location=dev)
+            _keep_asked_hyperparameters(opt, asked, optimizer_kwargs, resume)
             rows = [r for r in resume_ckpt.get("stats", []) if r.get("epoch", 0) <= start_epoch]
             notes = [w for w in resume_ckpt.get("warnings", []) if w.get("epoch", 0) <= start_epoch]
             initial_loss = resume_ckpt.get("initial_loss")
