@@ -41,6 +41,24 @@ def sym(P=12, seed=0):
     return (A + A.T) / 2
 
 
+def float32_rtol(P):
+    """The negative-mass tolerance of a float32 computation of dimension P: ten round-offs of
+    a P-term sum, between float64's 1e-6 and the cap 1e-3."""
+    return min(NEGATIVE_MASS_RTOL_BY_PRECISION["float32"], max(10 * 2.0**-24 * P**0.5, 1e-6))
+
+
+def test_the_float32_tolerance_grows_with_p_up_to_its_cap():
+    d = dc.SpectralDensity(np.array([-1.0, 2.0]), np.array([0.5, 0.5]), dim=8970)
+    d.metadata["precision"] = "float32"
+    assert d.negative_mass_rtol == pytest.approx(5.645e-5, rel=1e-3)
+    d.dim = 15_200_000  # VGG-16: the cap
+    assert d.negative_mass_rtol == 1e-3
+    d.metadata["precision"] = "float64"
+    assert d.negative_mass_rtol == 1e-6
+    d.dim, d.metadata["precision"] = None, "float32"
+    assert d.negative_mass_rtol == 1e-3
+
+
 def wishart(P=400, rank=50, seed=0):
     """``X X^T / rank``: PSD with a null space of dimension ``P - rank``; also ``X``."""
     g = torch.Generator().manual_seed(seed)
@@ -157,7 +175,7 @@ def test_a_float32_function_works_behind_the_default_float64_operator():
         theta = np.sort(res.ritz_values[0])
         np.testing.assert_allclose(theta, exact, atol=1e-4 * np.abs(exact).max())
         assert res.precision == "float32"  # the tolerance of the negative mass follows
-        assert res.density().negative_mass_rtol == NEGATIVE_MASS_RTOL_BY_PRECISION["float32"]
+        assert res.density().negative_mass_rtol == float32_rtol(40)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # warned once, not at every product
             v = torch.ones(40, dtype=torch.float64)
@@ -247,8 +265,8 @@ def test_a_float32_computation_counts_below_the_float32_tolerance():
     d = dc.lanczos(A.float(), 80, probes=2, seed=0, verbose=False).density()
     assert d.metadata["precision"] == "float32"
     s = d.summary()
-    assert s["negative_mass_rtol"] == 1e-3
-    assert s["negative_mass_tol"] == pytest.approx(1e-3 * np.abs(d.nodes).max())
+    assert s["negative_mass_rtol"] == float32_rtol(400) == pytest.approx(1.19e-5, rel=1e-2)
+    assert s["negative_mass_tol"] == pytest.approx(float32_rtol(400) * np.abs(d.nodes).max())
     assert s["negative_mass_strict"] > 0.1 and s["negative_mass"] == 0.0
     # a float64 basis does not make float32 products more precise
     d = dc.lanczos(A.float(), 10, seed=0, basis_dtype=torch.float64, verbose=False).density()
@@ -325,7 +343,7 @@ def test_the_ggn_of_a_network_has_no_negative_mass(tmp_path):
     assert s["psd_by_construction"] is True and res.density.metadata["psd_by_construction"]
     assert s["negative_mass_strict"] > 0  # the null space's Ritz values came out below 0
     assert s["negative_mass"] == 0.0
-    assert s["negative_mass_rtol"] == 1e-3  # a float32 model
+    assert s["negative_mass_rtol"] == float32_rtol(75)  # a float32 model
     # the operator passed directly is named too
     op = dc.ggn(model, loss, data)
     assert dc.spectrum(op, steps=5, seed=0, verbose=False).summary()["psd_by_construction"]
@@ -371,7 +389,7 @@ def test_old_result_files_without_the_new_keys_load_and_plot(tmp_path):
     assert s["steps_requested"] is None and s["steps"] == 30  # unknown, not made up
     assert s["psd_by_construction"] is True and s["negative_mass"] == 0.0
     assert back.density.metadata["precision"] == "float32"  # from config["dtype"]
-    assert s["negative_mass_rtol"] == 1e-3
+    assert s["negative_mass_rtol"] == float32_rtol(back.density.dim)
     assert dc.SpectralDensity.load(npz).psd_by_construction  # from config["matrix"]
     density, _ = dc.read_spectrum(npz)
     assert density.metadata["matrix"] == "ggn"

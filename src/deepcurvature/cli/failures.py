@@ -88,14 +88,15 @@ def cli_wording(command: str, text: str) -> str:
     """Replace API argument names in ``text`` by the options of ``command`` that set them."""
     text = re.sub(r"\bresume=<checkpoint>", "--resume CHECKPOINT", text)
     names = {**_OPTIONS_ALL, **_OPTIONS.get(command, {})}
-    for flag_name in ("overwrite", "save_eigvec", "download"):
+    names.setdefault("swa", "--swa")
+    for flag_name in ("overwrite", "save_eigvec", "download", "swa"):
         if flag_name in names:
             text = re.sub(rf"(?<![-\w.]){flag_name}=True\b", names[flag_name], text)
     for name, flag in sorted(names.items(), key=lambda kv: -len(kv[0])):
         text = re.sub(rf"(?<![-\w.]){name}=(?!=)", f"{flag} ", text)
         text = re.sub(rf"(?<![-\w.]){name}(?= must| [<>]=? )", flag, text)
         if "_" in name:  # a snake_case name is an argument wherever it appears
-            text = re.sub(rf"(?<![-\w.]){name}\b", flag, text)
+            text = re.sub(rf"(?<![-\w.'\"]){name}\b", flag, text)  # not in a quoted list
     return text
 
 

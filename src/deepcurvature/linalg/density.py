@@ -61,6 +61,8 @@ NEGATIVE_MASS_RTOL_BY_PRECISION: dict[str, float] = {
     "float16": 1e-2,
     "bfloat16": 1e-1,
 }
+#: Unit round-off of the lower precisions (half the machine epsilon).
+_UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 #: The default relative tolerance when the precision is unknown (float64's, the library's dtype
 #: for dense and callable operators).
 NEGATIVE_MASS_RTOL = NEGATIVE_MASS_RTOL_BY_PRECISION["float64"]
@@ -240,10 +242,19 @@ class SpectralDensity:
     def negative_mass_rtol(self) -> float:
         """The default relative tolerance of :meth:`negative_mass`.
 
-        :data:`NEGATIVE_MASS_RTOL_BY_PRECISION` of :attr:`precision`, else
+        For float32 and half precision ``min(cap, max(10 eps sqrt(P), NEGATIVE_MASS_RTOL))``,
+        ``eps`` the unit round-off and the cap :data:`NEGATIVE_MASS_RTOL_BY_PRECISION` of the
+        precision (the cap alone when ``dim`` is not known): 5.6e-5 for a float32 MLP with
+        P = 8,970, the cap 1e-3 from P = 4.5 M on. For float64 and an unknown precision:
         :data:`NEGATIVE_MASS_RTOL`.
         """
-        return NEGATIVE_MASS_RTOL_BY_PRECISION.get(self.precision or "", NEGATIVE_MASS_RTOL)
+        cap = NEGATIVE_MASS_RTOL_BY_PRECISION.get(self.precision or "", NEGATIVE_MASS_RTOL)
+        eps = _UNIT_ROUNDOFF.get(self.precision or "")
+        if eps is None or not self.dim:
+            return cap
+        # ten times the round-off of a product of P terms, so that a small float32 model does
+        # not hide curvature a thousand times below lambda_max; within [float64's, the cap]
+        return float(min(cap, max(10.0 * eps * math.sqrt(self.dim), NEGATIVE_MASS_RTOL)))
 
     @property
     def psd_by_construction(self) -> bool:

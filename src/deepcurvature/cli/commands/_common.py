@@ -17,6 +17,7 @@ __all__ = [
     "add_curvature_options",
     "add_output_options",
     "check_dpi",
+    "checkpoint_file",
     "claim_output",
     "nonnegative",
     "positive",
@@ -107,6 +108,20 @@ def train_briefly(
         verbose=verbose,
         overwrite=bool(getattr(args, "overwrite", False)),
     )
+
+
+def checkpoint_file(path: str) -> Path:
+    """``path`` as a checkpoint file; a run folder is answered with its latest checkpoint."""
+    from ...training import list_checkpoints
+
+    p = Path(path)
+    if p.is_dir():
+        found = list_checkpoints(p)
+        hint = f": give one of its checkpoints, e.g. {found[-1]}" if found else ""
+        raise CommandError(f"--checkpoint {p} is a folder, not a checkpoint file{hint}")
+    if not p.is_file():
+        raise CommandError(f"no checkpoint file at {p}")
+    return p
 
 
 def check_dpi(dpi: int) -> None:

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import CommandError
-from ._common import add_output_options, claim_output, positive
+from ._common import add_output_options, checkpoint_file, claim_output, positive
 
 NAME = "landscape"
 #: Largest --n-points: each point costs a pass over the data set (two with test data).
@@ -201,8 +201,7 @@ def _validate(args: argparse.Namespace) -> dict:
             "no weights to analyse: pass --checkpoint (a checkpoint written by 'deepcurvature "
             "train') or a --spectrum that records one"
         )
-    if not Path(checkpoint).is_file():
-        raise CommandError(f"no checkpoint file at {checkpoint}")
+    checkpoint_file(checkpoint)
     ckpt_cfg = read_checkpoint(checkpoint, map_location="cpu").get("config") or {}
     model = args.model or ckpt_cfg.get("model") or spec_cfg.get("model")
     dataset = args.dataset or ckpt_cfg.get("dataset") or spec_cfg.get("dataset")

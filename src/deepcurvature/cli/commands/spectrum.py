@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..errors import CommandError
 from ._common import (
@@ -13,6 +12,7 @@ from ._common import (
     add_brief_training_option,
     add_curvature_options,
     add_output_options,
+    checkpoint_file,
     claim_output,
     positive,
     resolve_brief_training,
@@ -80,8 +80,7 @@ def _validate(args: argparse.Namespace) -> dict:
     resolve_brief_training(args, TRAIN_EPOCHS)
     ckpt_cfg: dict = {}
     if args.checkpoint is not None:
-        if not Path(args.checkpoint).is_file():
-            raise CommandError(f"no checkpoint file at {args.checkpoint}")
+        checkpoint_file(args.checkpoint)
         ckpt_cfg = read_checkpoint(args.checkpoint, map_location="cpu").get("config") or {}
     model = args.model or ckpt_cfg.get("model") or "mlp"
     dataset = args.dataset or ckpt_cfg.get("dataset") or "digits"
