@@ -21,10 +21,8 @@ folders it created, so that the same call can be retried.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
@@ -42,16 +39,31 @@ from .._version import __version__
 from ..linalg.probes import resolve_seed
 from ..optim import (
     IterateAveraging,
-    build_optimizer,
-    check_hyperparameters,
-    check_optimizer_arguments,
     optimizer_defaults,
-    same_optimizer,
 )
 from ..progress import ProgressBar
-from .checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .rng import get_rng_state, loader_generators, set_rng_state
+from .run_folder import (
+    check_run_dir,
+    keep_asked_hyperparameters,
+    missing_folders,
+    read_resume,
+    remove_partial_run,
+)
 from .schedules import Schedule, get_schedule
+from .setup import (
+    check_args,
+    check_config,
+    check_optimizer,
+    has_batchnorm,
+    jsonable,
+    resolve_data,
+    resolve_device,
+    resolve_model,
+    resolve_optimizer,
+    seed_everything,
+)
 from .stats import StatsLog, evaluate, loss_growth_warning, weight_norms
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train_network"]
@@ -98,361 +110,6 @@ class TrainResult:
     def column(self, name: str) -> list[Any]:
         """The values of one statistic over the epochs (``None`` where absent)."""
         return [row.get(name) for row in self.stats]
-
-
-# ---------------------------------------------------------------------------- set-up helpers
-def _as_loader(obj: Any, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    if isinstance(obj, DataLoader):
-        return obj
-    if isinstance(obj, Dataset):
-        return DataLoader(obj, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
-    raise TypeError(
-        f"expected a Dataset or DataLoader, got {type(obj).__name__}: pass a data set name, a "
-        f"Dataset, a DataLoader or a (train, test) pair of them"
-    )
-
-
-def _num_classes_of(loader: DataLoader) -> int:
-    ds = loader.dataset
-    for attr in ("num_classes",):
-        if isinstance(getattr(ds, attr, None), int):
-            return int(getattr(ds, attr))
-    if hasattr(ds, "classes"):
-        return len(ds.classes)
-    top = -1
-    for _, y in loader:
-        if y.is_floating_point():
-            raise ValueError(
-                "cannot infer num_classes from floating-point targets: pass num_classes="
-            )
-        top = max(top, int(y.max()))
-    return top + 1
-
-
-def _resolve_data(dataset: Any, data_path: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(dataset, (tuple, list)):
-        if opts["data_kwargs"]:
-            raise ValueError("data_kwargs only apply to a data set given by name")
-        if len(dataset) != 2:
-            raise ValueError(
-                f"dataset as a sequence must be a (train, test) pair, got {len(dataset)} items"
-            )
-        train = _as_loader(dataset[0], opts["batch_size"], True, opts["num_workers"])
-        test = _as_loader(dataset[1], opts["batch_size"], False, opts["num_workers"])
-        x, _ = next(iter(test))
-        return {
-            "train_loader": train,
-            "test_loader": test,
-            "name": type(train.dataset).__name__,
-            "num_classes": opts["num_classes"],
-            "in_channels": int(x.shape[1]) if x.dim() == 4 else None,
-            "input_size": [int(s) for s in x.shape[-2:]] if x.dim() == 4 else None,
-        }
-    try:
-        from ..data import load_data
-    except ImportError as exc:  # pragma: no cover - the data registry is part of the package
-        raise ValueError(
-            "the data-set registry (deepcurvature.data.load_data) is not available: pass a "
-            "(train_loader, test_loader) pair instead"
-        ) from exc
-    bundle = load_data(
-        dataset,
-        data_path,
-        batch_size=opts["batch_size"],
-        use_test=opts["use_test"],
-        val_fraction=opts["val_fraction"],
-        augment=opts["augment"],
-        download=opts["download"],
-        num_workers=opts["num_workers"],
-        subsample=opts["subsample"],
-        seed=opts["seed"],
-        **opts["data_kwargs"],
-    )
-    size = bundle.input_size
-    return {
-        "train_loader": bundle.train_loader,
-        "test_loader": bundle.test_loader,
-        "name": dataset if isinstance(dataset, str) else bundle.name,
-        "num_classes": opts["num_classes"] or bundle.num_classes,
-        "in_channels": bundle.in_channels,
-        "input_size": list(size) if isinstance(size, (tuple, list)) else size,
-    }
-
-
-def _resolve_model(model: Any, model_kwargs: dict | None, data: dict) -> tuple[nn.Module, str]:
-    if isinstance(model, nn.Module):
-        if model_kwargs:
-            raise ValueError("model_kwargs is only used with a model name, not an nn.Module")
-        return model, type(model).__name__
-    if not isinstance(model, str):
-        raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
-    from ..models import get_model
-
-    if data["num_classes"] is None:
-        data["num_classes"] = _num_classes_of(data["train_loader"])
-    kwargs: dict[str, Any] = {"num_classes": data["num_classes"]}
-    if data["in_channels"] is not None:
-        kwargs["in_channels"] = data["in_channels"]
-    if data["input_size"] is not None:
-        kwargs["input_size"] = tuple(data["input_size"])
-    return get_model(model, **kwargs, **(model_kwargs or {})), model
-
-
-def _resolve_optimizer(
-    optimizer: Any, model: nn.Module, kwargs: dict[str, Any]
-) -> tuple[torch.optim.Optimizer, str]:
-    if isinstance(optimizer, str):
-        return build_optimizer(optimizer, model, **kwargs), optimizer
-    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        params = [p for p in model.parameters() if p.requires_grad]
-        try:
-            return optimizer(params, **kwargs), optimizer.__name__
-        except TypeError as exc:
-            raise ValueError(f"could not build {optimizer.__name__} with {kwargs}: {exc}") from exc
-    raise TypeError(
-        f"optimizer must be a name or a torch.optim.Optimizer subclass, got {optimizer!r}"
-    )
-
-
-def _resolve_device(device: Any, model: Any) -> torch.device:
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda' or 'cuda:1'") from exc
-        if dev.type == "meta":
-            raise ValueError(f"cannot train on device {device!r} (it holds no data): use 'cpu'")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} is not available here: use device='cpu'")
-        try:
-            torch.empty(1, device=dev)  # an unavailable backend or device index fails here
-        except (RuntimeError, AssertionError) as exc:
-            raise ValueError(f"device {device!r} is not available here: use device='cpu'") from exc
-        return dev
-    if isinstance(model, nn.Module):
-        first = next(iter(model.parameters()), None)
-        if first is not None:
-            return first.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the global generator)
-    random.seed(seed)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return str(value)
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _check_args(
-    epochs: int,
-    batch_size: int,
-    save_freq: int | None,
-    eval_freq: int,
-    swa: bool,
-    swa_start: int | None,
-    swa_lr: float | None,
-    swa_c_epochs: int,
-    schedule_unit: str,
-) -> None:
-    def positive_int(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be 0 or a positive integer, got {epochs!r}")
-    positive_int("batch_size", batch_size)
-    positive_int("eval_freq", eval_freq)
-    if save_freq is not None:
-        positive_int("save_freq", save_freq)
-    if schedule_unit not in ("epoch", "iteration"):
-        raise ValueError(f"schedule_unit must be 'epoch' or 'iteration', got {schedule_unit!r}")
-    if swa:
-        positive_int("swa_c_epochs", swa_c_epochs)
-        if swa_start is not None and not (0 <= swa_start <= epochs):
-            raise ValueError(f"swa_start must be in [0, epochs={epochs}], got {swa_start}")
-        if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
-            raise ValueError(f"swa_lr must be a finite positive number, got {swa_lr}")
-
-
-def _check_optimizer(optimizer: Any, kwargs: dict[str, Any]) -> None:
-    """Fail fast on an unknown name, an unknown argument or a non-finite / wrongly signed one."""
-    if isinstance(optimizer, str):
-        check_optimizer_arguments(optimizer, kwargs)
-    elif isinstance(optimizer, type):
-        check_hyperparameters(f"optimizer {optimizer.__name__!r}", kwargs)
-
-
-def _optimizer_name(optimizer: Any) -> str | None:
-    if isinstance(optimizer, str):
-        return optimizer
-    return getattr(optimizer, "__name__", None)
-
-
-def _keep_asked_hyperparameters(
-    opt: torch.optim.Optimizer,
-    asked: list[dict[str, Any]],
-    kwargs: dict[str, Any],
-    resume: Any,
-) -> None:
-    """After a resume, the hyper-parameters given in ``kwargs`` win over the checkpoint's.
-
-    ``load_state_dict`` restores the checkpoint's ``lr``, ``momentum``... into the parameter
-    groups; a value the caller gave that differs is put back, with a warning that the continued
-    run is no longer the uninterrupted one.
-    """
-    changed: dict[str, tuple[Any, Any]] = {}
-    for group, want in zip(opt.param_groups, asked, strict=True):
-        for key in kwargs:
-            if key == "params" or key not in group or key not in want:
-                continue
-            if group[key] != want[key]:
-                changed.setdefault(key, (group[key], want[key]))
-                group[key] = want[key]
-                if key == "lr":
-                    group["initial_lr"] = want.get("initial_lr", want["lr"])
-    if changed:
-        text = ", ".join(f"{k}={new!r} (checkpoint: {old!r})" for k, (old, new) in changed.items())
-        warnings.warn(
-            f"resuming {resume} with {text}: the continued run uses the new values, so it no "
-            "longer matches an uninterrupted run",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-def _read_resume(resume: Any, optimizer: Any, epochs: int) -> dict[str, Any]:
-    """Read the checkpoint to resume from and refuse what cannot continue it."""
-    ckpt = load_checkpoint(resume, map_location="cpu")  # read (and check) it first
-    if ckpt.get("optimizer") is None or ckpt.get("epoch") is None:
-        raise ValueError(f"{resume} is not a training checkpoint (no optimizer state / epoch)")
-    at = int(ckpt["epoch"])
-    if epochs < at:
-        raise ValueError(
-            f"checkpoint {resume} is at epoch {at}, epochs={epochs} is below it: give epochs > "
-            f"{at} to continue training, or use the checkpoint as it is (dc.load_checkpoint) "
-            "without training"
-        )
-    if epochs == at:
-        raise ValueError(
-            f"checkpoint {resume} is already at epoch {at}, so epochs={epochs} leaves nothing to "
-            f"train: give epochs > {at} to continue training"
-        )
-    made = (ckpt.get("config") or {}).get("optimizer")
-    given = _optimizer_name(optimizer)
-    if made and given and not same_optimizer(str(made), given):
-        raise ValueError(
-            f"checkpoint {resume} was trained with {made!r}, not {given!r}: resume with "
-            f"optimizer={made!r} (or start a new run without resume)"
-        )
-    return ckpt
-
-
-def _check_run_dir(run_dir: Path, resume: Any, resume_epoch: int, overwrite: bool) -> None:
-    """Refuse a run folder whose run would be overwritten or orphaned (unless ``overwrite``)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"dir {run_dir} exists and is not a folder: choose another dir")
-    found = list_checkpoints(run_dir)
-    if overwrite or not ((run_dir / "stats.json").exists() or found):
-        return
-    if resume is None:
-        raise ValueError(
-            f"{run_dir} already holds a training run: choose a new dir, continue it with "
-            f"resume=<checkpoint>, or pass overwrite=True"
-        )
-    source = Path(resume).resolve()
-    if source.parent != run_dir.resolve():
-        raise ValueError(
-            f"{run_dir} already holds another training run than the one of {resume}: choose a "
-            f"new dir (or {source.parent} itself), or pass overwrite=True"
-        )
-    later = [p for p in found if int(p.stem.split("-")[1]) > resume_epoch]
-    if later:
-        names = ", ".join(p.name for p in later)
-        raise ValueError(
-            f"{resume} is not the latest checkpoint of {run_dir} (later: {names}): resuming into "
-            f"the same folder would overwrite or orphan them; resume from {later[-1].name}, "
-            "choose another dir, or pass overwrite=True"
-        )
-
-
-def _nonfinite_entry(value: Any, where: str = "") -> str | None:
-    """The path (``optimizer_kwargs.lr``) of a non-finite float in a JSON-like value."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (where or "value")
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _nonfinite_entry(item, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-def _check_config(config: dict[str, Any]) -> None:
-    """The run description must be valid JSON (no NaN or infinity) before the folder is made."""
-    try:
-        json.dumps(config, allow_nan=False)
-    except ValueError:
-        where = _nonfinite_entry(config) or "an argument"
-        if where.startswith("schedule.kwargs."):  # stored as the schedule's config
-            where = "schedule_kwargs." + where[len("schedule.kwargs.") :]
-        raise ValueError(
-            f"{where} is not a finite number: give finite values (the run's configuration is "
-            "stored as JSON)"
-        ) from None
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders of ``path`` (itself included) that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path.parent != path:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
-def _is_ours(name: str, written: set[str]) -> bool:
-    """A run file (or an atomic-write temporary ``.NAME.XXXX.tmp`` of one) this call writes."""
-    if name in written or name == "stats.json":
-        return True
-    return name.endswith(".tmp") and name.startswith((".stats.json.", ".checkpoint-"))
-
-
-def _remove_partial_run(
-    run_dir: Path, created: list[Path], before: set[str], written: set[str]
-) -> None:
-    """Remove the files a failed call created in ``run_dir``, then the folders it created.
-
-    Only run files (``stats.json``, the checkpoints it wrote, their temporaries) that did not
-    exist before the call are removed, and only folders this call created that are then empty.
-    """
-    if run_dir.is_dir():
-        for entry in run_dir.iterdir():
-            if entry.name not in before and _is_ours(entry.name, written):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-    for folder in created:
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # fails (and is kept) when something else is in it
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -708,7 +365,7 @@ def train_network(
     ``checkpoint-00000.pt``, temporaries) and the folders it created, if then empty; files that
     existed before the call are never removed.
     """
-    _check_args(
+    check_args(
         epochs,
         batch_size,
         save_freq,
@@ -724,19 +381,19 @@ def train_network(
     optimizer_kwargs = dict(optimizer_kwargs or {})
     schedule_kwargs = dict(schedule_kwargs or {})
     get_schedule(schedule, 1, **schedule_kwargs)  # fail fast on a bad name or parameter
-    _check_optimizer(optimizer, optimizer_kwargs)
-    resume_ckpt = _read_resume(resume, optimizer, epochs) if resume is not None else None
+    check_optimizer(optimizer, optimizer_kwargs)
+    resume_ckpt = read_resume(resume, optimizer, epochs) if resume is not None else None
     start_epoch = int(resume_ckpt["epoch"]) if resume_ckpt is not None else 0
     run_dir = Path(dir) if dir is not None else None
     if run_dir is not None:
-        _check_run_dir(run_dir, resume, start_epoch, overwrite)
+        check_run_dir(run_dir, resume, start_epoch, overwrite)
     if seed is None and resume_ckpt is not None:
         seed = (resume_ckpt.get("config") or {}).get("seed")
     seed = resolve_seed(seed)
-    _seed_everything(seed)
-    dev = _resolve_device(device, model)
+    seed_everything(seed)
+    dev = resolve_device(device, model)
 
-    data = _resolve_data(
+    data = resolve_data(
         dataset,
         data_path,
         dict(
@@ -755,10 +412,10 @@ def train_network(
     train_loader, test_loader = data["train_loader"], data["test_loader"]
     loaders = (train_loader, test_loader)
     n_batches = len(train_loader)
-    net, model_name = _resolve_model(model, model_kwargs, data)
+    net, model_name = resolve_model(model, model_kwargs, data)
     net.to(dev)
     swa_model = AveragedModel(net) if swa else None  # before the optimizer adds any hooks
-    opt, opt_name = _resolve_optimizer(optimizer, net, optimizer_kwargs)
+    opt, opt_name = resolve_optimizer(optimizer, net, optimizer_kwargs)
     try:
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -777,7 +434,7 @@ def train_network(
             get_schedule(schedule, horizon * scale, **schedule_kwargs) if horizon > 0 else None
         )
 
-        config = _jsonable(
+        config = jsonable(
             {
                 "model": model_name,
                 "model_kwargs": model_kwargs or {},
@@ -810,7 +467,7 @@ def train_network(
                 "deepcurvature_version": __version__,
             }
         )
-        _check_config(config)
+        check_config(config)
 
         rows: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
@@ -818,7 +475,7 @@ def train_network(
         if resume_ckpt is not None:
             asked = [dict(g) for g in opt.param_groups]
             load_checkpoint(resume, net, opt, map_location=dev)
-            _keep_asked_hyperparameters(opt, asked, optimizer_kwargs, resume)
+            keep_asked_hyperparameters(opt, asked, optimizer_kwargs, resume)
             rows = [r for r in resume_ckpt.get("stats", []) if r.get("epoch", 0) <= start_epoch]
             notes = [w for w in resume_ckpt.get("warnings", []) if w.get("epoch", 0) <= start_epoch]
             initial_loss = resume_ckpt.get("initial_loss")
@@ -843,7 +500,7 @@ def train_network(
     # ------------------------------------------------------------------ writing starts here
     written: list[Path] = []
     saved: list[int] = []  # their epochs
-    created = _missing_folders(run_dir) if run_dir is not None else []
+    created = missing_folders(run_dir) if run_dir is not None else []
     before: set[str] = set()  # the names in the run folder before this call wrote anything
     if run_dir is not None and run_dir.is_dir():
         before = {p.name for p in run_dir.iterdir()}
@@ -876,7 +533,7 @@ def train_network(
         for g, lr in zip(opt.param_groups, factor_lr, strict=True):
             g["lr"] = lr
 
-    bn = _has_batchnorm(net)
+    bn = has_batchnorm(net)
     try:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -946,7 +603,7 @@ def train_network(
     except BaseException:
         # nothing to resume from beyond the starting point: leave the folder as it was found
         if run_dir is not None and not any(e > start_epoch for e in saved):
-            _remove_partial_run(run_dir, created, before, {p.name for p in written})
+            remove_partial_run(run_dir, created, before, {p.name for p in written})
         raise
     finally:
         _remove_hooks(opt)
