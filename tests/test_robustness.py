@@ -477,3 +477,14 @@ def test_damaged_files_through_the_python_api_are_one_line(run_dir, tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="stats.json is not a valid stats.json file"):
         dc.StatsLog.load(bad)
+
+
+def test_training_runs_store_their_data_path_absolute(tmp_path, monkeypatch):
+    import deepcurvature as dc
+
+    monkeypatch.chdir(tmp_path)
+    res = dc.train_network("run", "digits", "data", epochs=0, subsample=50, verbose=False)
+    stored = res.config["data_path"]
+    assert Path(stored).is_absolute() and Path(stored) == tmp_path / "data"
+    saved = dc.read_checkpoint(tmp_path / "run" / "checkpoint-00000.pt")["config"]
+    assert saved["data_path"] == stored

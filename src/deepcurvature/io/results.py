@@ -24,6 +24,7 @@ __all__ = [
     "read_npz",
     "result_paths",
     "save_npz_json",
+    "stored_path",
 ]
 
 #: What a result file is called in messages.
@@ -44,6 +45,11 @@ def result_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix in (".npz", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".npz"), p.with_name(p.name + ".json")
+
+
+def stored_path(path: str | os.PathLike | None) -> str | None:
+    """A path as stored in a result file: absolute, so it resolves from any working folder."""
+    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 def json_default(obj: Any) -> Any:

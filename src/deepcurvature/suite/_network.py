@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io.results import stored_path
+
 __all__ = [
     "build_network",
     "check_memory",
@@ -18,11 +20,6 @@ __all__ = [
     "selected_size",
     "stored_path",
 ]
-
-
-def stored_path(path: str | os.PathLike | None) -> str | None:
-    """A path as stored in a result file: absolute, so it resolves from any working folder."""
-    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 def recorded_path(value: str | None, result_file: str | os.PathLike) -> str | None:

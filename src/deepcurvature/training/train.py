@@ -36,6 +36,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset
 
 from .._version import __version__
+from ..io.results import stored_path
 from ..linalg.probes import resolve_seed
 from ..optim import (
     IterateAveraging,
@@ -439,7 +440,7 @@ def train_network(
                 "model": model_name,
                 "model_kwargs": model_kwargs or {},
                 "dataset": data["name"],
-                "data_path": str(data_path) if data_path is not None else None,
+                "data_path": stored_path(data_path),
                 "data_kwargs": data_kwargs or {},
                 "num_classes": data["num_classes"],
                 "in_channels": data["in_channels"],
