@@ -8,6 +8,7 @@ from .density import (
 )
 from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosResult, lanczos, tridiagonal_eigh
+from .mfac import MFACInverse, MFACWindow, mfac_coefficients, mfac_inverse
 from .operator import (
     CallableOperator,
     DenseOperator,
@@ -18,6 +19,7 @@ from .operator import (
 )
 from .power import power_iteration
 from .probes import draw_probes
+from .solve import MatrixFunctionResult, SolveResult, matrix_function, solve
 from .trace import DiagonalEstimate, TraceEstimate, diagonal, trace
 
 __all__ = [
@@ -30,8 +32,12 @@ __all__ = [
     "EigshResult",
     "LanczosResult",
     "LinearOperator",
+    "MFACInverse",
+    "MFACWindow",
+    "MatrixFunctionResult",
     "ScipyOperator",
     "ShiftedOperator",
+    "SolveResult",
     "SpectralDensity",
     "TraceEstimate",
     "as_operator",
@@ -39,7 +45,11 @@ __all__ = [
     "draw_probes",
     "eigsh",
     "lanczos",
+    "matrix_function",
+    "mfac_coefficients",
+    "mfac_inverse",
     "power_iteration",
+    "solve",
     "trace",
     "tridiagonal_eigh",
 ]

@@ -1,7 +1,8 @@
-"""Optimisers beyond PyTorch's: K-FAC, SWATS, Gadam/GadamW, and a registry by name."""
+"""Optimisers beyond PyTorch's: K-FAC, M-FAC, SWATS, Gadam/GadamW, and a registry by name."""
 
 from .gadam import Gadam, GadamW, IterateAveraging
 from .kfac import KFAC
+from .mfac import MFAC
 from .registry import (
     build_optimizer,
     check_optimizer_arguments,
@@ -15,6 +16,7 @@ from .validation import check_hyperparameters
 
 __all__ = [
     "KFAC",
+    "MFAC",
     "SWATS",
     "Gadam",
     "GadamW",

@@ -1,8 +1,9 @@
 """Optimisers by name: ``build_optimizer("SGD", model, lr=0.05, momentum=0.9)``.
 
 Names are case-insensitive. Built in: ``SGD`` (momentum, Nesterov, weight decay), ``Adam``,
-``AdamW`` (torch's), ``KFAC``, ``SWATS``, ``Gadam`` and ``GadamW``. :func:`register_optimizer`
-adds a user factory ``factory(params_or_model, **kwargs) -> torch.optim.Optimizer``.
+``AdamW`` (torch's), ``KFAC``, ``MFAC``, ``SWATS``, ``Gadam`` and ``GadamW``.
+:func:`register_optimizer` adds a user factory
+``factory(params_or_model, **kwargs) -> torch.optim.Optimizer``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from .gadam import Gadam, GadamW
 from .kfac import KFAC
+from .mfac import MFAC
 from .swats import SWATS
 from .validation import check_hyperparameters
 
@@ -73,6 +75,9 @@ register_optimizer(
     defaults={"lr": 0.05, "momentum": 0.9, "damping": 1e-2, "kl_clip": 1e-3},
     needs_model=True,
 )(KFAC)
+# M-FAC: the authors' published damping and learning rate; a window of 32 gradients (not their
+# 512-1024) keeps the m x P window within a CPU's memory
+register_optimizer("MFAC", defaults={"lr": 1e-4, "m": 32, "damping": 1e-6})(MFAC)
 register_optimizer("SWATS", defaults={"lr": 1e-3})(SWATS)
 register_optimizer("Gadam", defaults={"lr": 1e-3})(Gadam)
 register_optimizer("GadamW", defaults={"lr": 1e-3})(GadamW)
