@@ -1,7 +1,11 @@
-"""Optimisers beyond PyTorch's: K-FAC, M-FAC, SWATS, Gadam/GadamW, and a registry by name."""
+"""Optimisers beyond PyTorch's and a registry by name.
+
+K-FAC, M-FAC, the stochastic Lanczos Newton optimisers, SWATS and Gadam/GadamW.
+"""
 
 from .gadam import Gadam, GadamW, IterateAveraging
 from .kfac import KFAC
+from .lanczos_newton import LanczosGGN, LanczosNewton
 from .mfac import MFAC
 from .registry import (
     build_optimizer,
@@ -21,6 +25,8 @@ __all__ = [
     "Gadam",
     "GadamW",
     "IterateAveraging",
+    "LanczosGGN",
+    "LanczosNewton",
     "build_optimizer",
     "check_hyperparameters",
     "check_optimizer_arguments",

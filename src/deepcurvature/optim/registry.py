@@ -1,7 +1,8 @@
 """Optimisers by name: ``build_optimizer("SGD", model, lr=0.05, momentum=0.9)``.
 
 Names are case-insensitive. Built in: ``SGD`` (momentum, Nesterov, weight decay), ``Adam``,
-``AdamW`` (torch's), ``KFAC``, ``MFAC``, ``SWATS``, ``Gadam`` and ``GadamW``.
+``AdamW`` (torch's), ``KFAC``, ``MFAC``, ``LanczosNewton``, ``LanczosGGN``, ``SWATS``, ``Gadam``
+and ``GadamW``.
 :func:`register_optimizer` adds a user factory
 ``factory(params_or_model, **kwargs) -> torch.optim.Optimizer``.
 """
@@ -18,6 +19,7 @@ from torch import nn
 
 from .gadam import Gadam, GadamW
 from .kfac import KFAC
+from .lanczos_newton import LanczosGGN, LanczosNewton
 from .mfac import MFAC
 from .swats import SWATS
 from .validation import check_hyperparameters
@@ -75,6 +77,15 @@ register_optimizer(
     defaults={"lr": 0.05, "momentum": 0.9, "damping": 1e-2, "kl_clip": 1e-3},
     needs_model=True,
 )(KFAC)
+# stochastic Lanczos Newton (paper section 2.2): damping = 10 lr unless damping= is given;
+# momentum 0.9 is ours (not the paper's): on the digits MLP it cut the loss 2.24 -> 0.68 in 3
+# epochs where none reached 2.13
+register_optimizer("LanczosNewton", defaults={"lr": 0.1, "momentum": 0.9}, needs_model=True)(
+    LanczosNewton
+)
+register_optimizer("LanczosGGN", defaults={"lr": 0.1, "momentum": 0.9}, needs_model=True)(
+    LanczosGGN
+)
 # M-FAC: the authors' published damping and learning rate; a window of 32 gradients (not their
 # 512-1024) keeps the m x P window within a CPU's memory
 register_optimizer("MFAC", defaults={"lr": 1e-4, "m": 32, "damping": 1e-6})(MFAC)

@@ -89,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--optimizer", help="SGD, Adam, AdamW, KFAC, MFAC, SWATS, Gadam, GadamW")
+    g.add_argument(
+        "--optimizer",
+        help="SGD, Adam, AdamW, KFAC, MFAC, LanczosNewton, LanczosGGN, SWATS, Gadam, GadamW",
+    )
     g.add_argument("--lr", type=float, help="initial learning rate")
     g.add_argument("--momentum", type=float, help="momentum")
     g.add_argument("--weight-decay", type=float, help="weight decay")
