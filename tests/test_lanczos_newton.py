@@ -383,7 +383,7 @@ def test_by_name_in_train_network_and_resume_is_exact(tmp_path, name):
                 subsample=96, batch_size=32, verbose=False)  # fmt: skip
     full = dc.train_network(tmp_path / "full", "digits", epochs=2, **args)
     assert full.stats[-1]["train_loss"] < full.stats[0]["train_loss"]  # it learns
-    resumed = dc.train_network(tmp_path / "branch", "digits", epochs=2,
-                               resume=tmp_path / "full" / "checkpoint-00001.pt", **args)  # fmt: skip
+    start = tmp_path / "full" / "checkpoint-00001.pt"
+    resumed = dc.train_network(tmp_path / "branch", "digits", epochs=2, resume=start, **args)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
