@@ -10,6 +10,9 @@ Run ``python benchmarks/second_order.py`` (``--quick`` for a fast check). Prints
   the damping (one column at a time, one pass per product). Reported: operator columns, data
   passes, wall time and the true relative residual each reached. Variants interleaved per repeat;
   medians and spread, after one untimed warm-up of each.
+* **Optimiser steps.** One step of ``LanczosNewton`` (k = 10, 20 Lanczos steps) and
+  ``LanczosGGN`` (k = 20) on a batch of 128 digits (the registry's MLP), in units of an SGD step
+  (forward, backward, update); per Lanczos step: (step - SGD step) / k, in SGD steps.
 * **M-FAC.** One ``mfac_inverse`` product (``P = 1e6``, m = 32, float32) in units of the m
   gradient-vector dot products ``G @ v`` it generalises (a product reads ``G`` twice).
 """
@@ -133,6 +136,45 @@ def bench_mfac(repeats: int, P: int, m: int) -> dict:
     }
 
 
+def _step_seconds(model: nn.Module, opt: torch.optim.Optimizer, x, y, repeats: int) -> float:
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def bench_steps(repeats: int) -> dict:
+    """Seconds per optimiser step (batch 128, digits MLP) in units of an SGD step."""
+    bundle = dc.load_data("digits", batch_size=128, augment=False, shuffle_train=False)
+    x, y = next(iter(bundle.train_loader))
+    variants = {"SGD": {}, "LanczosNewton k=10": {"lanczos_steps": 10},
+                "LanczosNewton k=20": {"lanczos_steps": 20},
+                "LanczosGGN k=20": {"lanczos_steps": 20}}  # fmt: skip
+    secs: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(repeats):
+        names = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in names:
+            torch.manual_seed(0)
+            model = dc.get_model("mlp", num_classes=10, in_channels=1, input_size=8)
+            opt = dc.build_optimizer(name.split()[0], model, **variants[name])
+            secs[name].append(_step_seconds(model, opt, x, y, 3))
+            if hasattr(opt, "remove_hooks"):
+                opt.remove_hooks()
+    sgd = statistics.median(secs["SGD"])
+    out = {}
+    for name, ts in secs.items():
+        k = variants[name].get("lanczos_steps")
+        med = statistics.median(ts)
+        per = (med - sgd) / sgd / k if k else None
+        out[name] = {"seconds": med, "sgd_steps": med / sgd, "sgd_steps_per_lanczos_step": per}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -141,6 +183,7 @@ def main() -> None:
     repeats = 2 if args.quick else 5
     solve = bench_solve(repeats, 200 if args.quick else 600)
     mfac = bench_mfac(3 if args.quick else 9, 100_000 if args.quick else 1_000_000, 32)
+    steps = bench_steps(2 if args.quick else 7)
     from rich.console import Console
     from rich.table import Table
 
@@ -162,10 +205,16 @@ def main() -> None:
         f"M-FAC product (P={mfac['P']:,}, m={mfac['m']}): {mfac['product_seconds'] * 1e3:.2f} ms = "
         f"{mfac['ratio']:.2f} x the m dot products ({lo:.2f}-{hi:.2f})"
     )
+    for name, st in steps.items():
+        per = st["sgd_steps_per_lanczos_step"]
+        extra = f", {per:.2f} SGD steps per Lanczos step" if per is not None else ""
+        console.print(f"{name}: {st['seconds'] * 1e3:.2f} ms per step = {st['sgd_steps']:.1f} SGD "
+                      f"steps{extra}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("second_order-quick.json" if args.quick else "second_order.json")
     doc = {"benchmark": "second_order", "quick": args.quick, "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "solve": solve, "mfac": mfac}  # fmt: skip
+           "threads": torch.get_num_threads(), "solve": solve, "mfac": mfac,
+           "steps": steps}  # fmt: skip
     dc.io.atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     console.print(f"wrote {path}")
 
