@@ -344,6 +344,11 @@ def test_resume_with_another_optimizer_or_fewer_epochs_is_refused(tmp_path):
                cwd=tmp_path)  # fmt: skip
     line = one_line_failure(proc, "SGD", "--optimizer", status=2)
     assert "momentum" not in line
+    # Adam does not take the checkpoint's momentum: still named as the other optimizer
+    proc = run("train", "--resume", last, "--optimizer", "Adam", "--epochs", "5", "--quiet",
+               cwd=tmp_path)  # fmt: skip
+    line = one_line_failure(proc, "trained with 'SGD', not 'Adam'", status=2)
+    assert "momentum" not in line
     proc = run("train", "--resume", last, "--epochs", "2", "--quiet", cwd=tmp_path)
     one_line_failure(proc, "--epochs", status=2)
     proc = run("train", "--resume", run_path / "checkpoint-00001.pt", "--epochs", "5",

@@ -382,8 +382,10 @@ def train_network(
     optimizer_kwargs = dict(optimizer_kwargs or {})
     schedule_kwargs = dict(schedule_kwargs or {})
     get_schedule(schedule, 1, **schedule_kwargs)  # fail fast on a bad name or parameter
-    check_optimizer(optimizer, optimizer_kwargs)
+    # the checkpoint first: resuming with another optimizer is named as such, not as arguments
+    # (taken from the checkpoint's run) that the other optimizer does not take
     resume_ckpt = read_resume(resume, optimizer, epochs) if resume is not None else None
+    check_optimizer(optimizer, optimizer_kwargs)
     start_epoch = int(resume_ckpt["epoch"]) if resume_ckpt is not None else 0
     run_dir = Path(dir) if dir is not None else None
     if run_dir is not None:

@@ -117,13 +117,6 @@ def _json_dict(text: str | None, option: str) -> dict[str, Any] | None:
     return value
 
 
-def _same_optimizer(a: str, b: str) -> bool:
-    def key(name: str) -> str:
-        return str(name).lower().replace("-", "").replace("_", "")
-
-    return key(a) == key(b)
-
-
 def _check_conflicts(args: argparse.Namespace) -> None:
     """Refuse options that would be silently ignored, and non-finite hyper-parameters."""
     if not args.swa:
@@ -165,12 +158,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         ckpt = read_checkpoint(args.resume, map_location="cpu")
         cfg = ckpt.get("config") or {}
-        made_by = cfg.get("optimizer")
-        if args.optimizer is not None and made_by and not _same_optimizer(args.optimizer, made_by):
-            raise CommandError(
-                f"{args.resume} was trained with {made_by!r}, not {args.optimizer!r}: resume "
-                f"with --optimizer {made_by} (or leave it out), or start a new run with --dir"
-            )
         for key, cfg_key in _FROM_CONFIG.items():
             if values[key] is None and cfg.get(cfg_key) is not None:
                 values[key] = cfg[cfg_key]
