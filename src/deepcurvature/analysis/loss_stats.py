@@ -87,6 +87,7 @@ from torch.utils.data.dataloader import default_collate
 
 from ..io.results import load_npz_json, save_npz_json
 from ..linalg.probes import PROBE_KINDS, draw_probes, resolve_seed
+from ..linalg.shrinkage import shrinkage_ratio
 from ..operators.base import CurvatureOperator
 from ..operators.batches import Batch, prepare_batch
 from ..progress import ProgressBar
@@ -632,16 +633,13 @@ def loss_stats(
     curv_var = (curv_batch - 2 * _layer_sum(seg, L, (hvb_sum / M) * HV) + curv_norm).clamp_min(0)
     rayleigh = _layer_sum(seg, L, V64 * HV)
 
-    def shrink(var: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
-        return torch.where(mean_sq > 0, var / mean_sq.clamp_min(1e-300), torch.nan)
-
     # whole model: sums over the layers
     probe_values = {
         "curv_rayleigh": rayleigh.sum(0),
         "curv_norm_sq": curv_norm.sum(0),
         "curv_batch_norm_sq": curv_batch.sum(0),
         "curv_var": curv_var.sum(0),
-        "curv_shrinkage": shrink(curv_var.sum(0), curv_batch.sum(0)),
+        "curv_shrinkage": shrinkage_ratio(curv_var.sum(0), curv_batch.sum(0)),
         "curv_trace": P * rayleigh.sum(0),
         "curv_frobenius_sq": P * curv_norm.sum(0),
     }
@@ -693,7 +691,7 @@ def loss_stats(
                 "curv_norm_sq": curv_norm[j],
                 "curv_batch_norm_sq": curv_batch[j],
                 "curv_var": curv_var[j],
-                "curv_shrinkage": shrink(curv_var[j], curv_batch[j]),
+                "curv_shrinkage": shrinkage_ratio(curv_var[j], curv_batch[j]),
                 "curv_trace": P * rayleigh[j],
                 "curv_frobenius_sq": P * curv_norm[j],
             }
