@@ -66,3 +66,14 @@ def trained_run(root, *, save_eigvec=False):
         verbose=False,
     )
     return trained, result, spectrum
+
+
+class Vector(torch.nn.Module):
+    """A parameter vector ``w`` as the output of the network (one row per sample)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.clone())
+
+    def forward(self, x):
+        return self.w.unsqueeze(0).expand(x.shape[0], -1)

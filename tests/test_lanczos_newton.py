@@ -9,20 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import Vector
 from deepcurvature.optim.lanczos_newton import LanczosGGN, LanczosNewton
 
 DT = torch.float64
-
-
-class Vector(nn.Module):
-    """A parameter vector ``w`` as the output of the network (one row per sample)."""
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return self.w.unsqueeze(0).expand(x.shape[0], -1)
 
 
 def _spd(P, seed=0):

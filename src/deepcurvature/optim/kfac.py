@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..linalg.shrinkage import ShrinkageDamping
 from .validation import check_hyperparameters
 
 __all__ = ["KFAC"]
@@ -100,7 +101,12 @@ class KFAC(torch.optim.Optimizer):
         lr: learning rate.
         momentum: SGD momentum on the preconditioned direction.
         weight_decay: L2 coefficient added to the preconditioned direction.
-        damping: Tikhonov damping ``lambda``.
+        damping: Tikhonov damping ``lambda``, or ``"rmt"``: each factor ``F`` (``A``, ``G``)
+            of each layer is shrunk towards its mean eigenvalue ``mu_F = tr F / dim F`` with the
+            intensity ``rho_F`` learned from the batch-to-batch variance of the batch factors
+            (:class:`~deepcurvature.linalg.ShrinkageDamping`, decay ``stat_decay``, noise of
+            the running average), i.e. ``F + rho_F / (1 - rho_F) mu_F I`` replaces the damped
+            factor (``damping_mode`` then only chooses Cholesky or ``"eigen"``).
         stat_decay: running-average decay of the factors.
         cov_update_freq: update the factors every this many steps.
         inv_update_freq: recompute the damped inverses every this many steps.
@@ -111,6 +117,7 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: KL clipping threshold, or ``None`` for none (see the module docstring for why
             it is on by default).
         nesterov: Nesterov momentum.
+        rmt_probes: probes per factor of the shrinkage learner (``damping="rmt"``).
     """
 
     def __init__(
@@ -119,7 +126,7 @@ class KFAC(torch.optim.Optimizer):
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        damping: float = 1e-2,
+        damping: float | str = 1e-2,
         stat_decay: float = 0.95,
         cov_update_freq: int = 1,
         inv_update_freq: int = 10,
@@ -128,12 +135,20 @@ class KFAC(torch.optim.Optimizer):
         damping_mode: str = "pi",
         kl_clip: float | None = 1e-3,
         nesterov: bool = False,
+        rmt_probes: int = 4,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "KFAC needs the model (an nn.Module), not its parameters: "
                 "build_optimizer('KFAC', model, ...)"
             )
+        if isinstance(damping, str) and damping != "rmt":
+            raise ValueError(
+                f"KFAC: damping must be a positive number or 'rmt' (learned by linear "
+                f"shrinkage of each factor), got {damping!r}"
+            )
+        if isinstance(rmt_probes, bool) or not isinstance(rmt_probes, int) or rmt_probes < 1:
+            raise ValueError(f"KFAC: rmt_probes must be a positive integer, got {rmt_probes!r}")
         check_hyperparameters(
             "KFAC",
             dict(
@@ -173,6 +188,7 @@ class KFAC(torch.optim.Optimizer):
             damping_mode=damping_mode,
             kl_clip=kl_clip,
             nesterov=nesterov,
+            rmt_probes=rmt_probes,
             kfac_step=0,
         )
         super().__init__(params, defaults)
@@ -320,10 +336,38 @@ class KFAC(torch.optim.Optimizer):
 
     @staticmethod
     def _failure(what: str, group: dict) -> FloatingPointError:
+        damping = group["damping"]
+        shown = repr(damping) if isinstance(damping, str) else f"{damping:.3g}"
         return FloatingPointError(
             f"KFAC: {what}; lower the learning rate (lr={group['lr']:.3g}), raise damping "
-            f"(damping={group['damping']:.3g}) or check the data"
+            f"(damping={shown}) or check the data"
         )
+
+    def _learn(self, i: int, state: dict, key: str, batch_factor: torch.Tensor) -> None:
+        """``damping="rmt"``: fold ``F_b V`` of a batch factor into the factor's learner."""
+        group = self.param_groups[0]
+        store = state.setdefault(f"rmt_{key}", {})
+        learner = ShrinkageDamping(
+            batch_factor.shape[0],
+            probes=min(group["rmt_probes"], batch_factor.shape[0]),
+            decay=group["stat_decay"],
+            seed=2 * i + (key == "G"),
+            dtype=batch_factor.dtype,
+            device=batch_factor.device,
+            state=store,
+        )
+        learner.update(batch_factor @ learner.probes)
+        est = learner.estimate(noise_scale=learner.mean_variance_scale())
+        dim = batch_factor.shape[0]
+        mu = float(state[key].double().trace()) / dim  # the running factor's mean eigenvalue
+        if est is None:
+            shift = max(mu, 0.0)  # one batch: no variance yet, rho = 1/2
+        else:
+            shift = est.rho / (1.0 - est.rho) * max(mu, 0.0)
+            state[f"rmt_rho_{key}"] = torch.tensor(est.rho, dtype=batch_factor.dtype)
+        # at least 1e-6 of the mean eigenvalue: the damped factor stays invertible
+        floor = 1e-6 * max(mu, 0.0) or torch.finfo(torch.float64).tiny
+        state[f"rmt_shift_{key}"] = torch.tensor(max(shift, floor), dtype=batch_factor.dtype)
 
     def _update_inverses(self, layer: _Layer, group: dict) -> None:
         state = self.state[layer.weight]
@@ -350,12 +394,26 @@ class KFAC(torch.optim.Optimizer):
         """The damped inverses (or eigendecompositions) of float64 factors ``A``, ``G``."""
         lam = group["damping"]
         dtype = state["A"].dtype
+        rmt = lam == "rmt"
+        if rmt:  # each factor shrunk towards its mean eigenvalue: F + shift_F I
+            shift_a, shift_g = float(state["rmt_shift_A"]), float(state["rmt_shift_G"])
         if group["damping_mode"] == "eigen":
             dA, QA = torch.linalg.eigh(A)
             dG, QG = torch.linalg.eigh(G)
             state["QA"], state["QG"] = QA.to(dtype), QG.to(dtype)
-            scale = 1.0 / (dG.clamp_min(0).unsqueeze(1) * dA.clamp_min(0).unsqueeze(0) + lam)
+            dA, dG = dA.clamp_min(0), dG.clamp_min(0)
+            if rmt:
+                scale = 1.0 / ((dG + shift_g).unsqueeze(1) * (dA + shift_a).unsqueeze(0))
+            else:
+                scale = 1.0 / (dG.unsqueeze(1) * dA.unsqueeze(0) + lam)
             state["eig_scale"] = scale.to(dtype)
+            return
+        eye_a = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+        eye_g = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+        if rmt:
+            state["A_inv"] = torch.cholesky_inverse(torch.linalg.cholesky(A + shift_a * eye_a))
+            state["G_inv"] = torch.cholesky_inverse(torch.linalg.cholesky(G + shift_g * eye_g))
+            state["A_inv"], state["G_inv"] = state["A_inv"].to(dtype), state["G_inv"].to(dtype)
             return
         pi = 1.0
         if group["damping_mode"] == "pi":
@@ -364,8 +422,6 @@ class KFAC(torch.optim.Optimizer):
             if ta > 0 and tg > 0:
                 pi = math.sqrt(ta / tg)
         root = math.sqrt(lam)
-        eye_a = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-        eye_g = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
         state["A_inv"] = torch.cholesky_inverse(torch.linalg.cholesky(A + pi * root * eye_a)).to(
             dtype
         )
@@ -411,6 +467,8 @@ class KFAC(torch.optim.Optimizer):
                         state[key] = new.clone()
                     else:
                         state[key].mul_(decay).add_(new, alpha=1 - decay)
+                    if group["damping"] == "rmt":
+                        self._learn(i, state, key, new)
             if "A" not in state:
                 continue
             if k % group["inv_update_freq"] == 0 or not ("A_inv" in state or "QA" in state):

@@ -23,7 +23,12 @@ the basis was just built from the current gradient and matters only when a cache
 
 The update is ``p <- p - lr * v`` with ``v = d`` (or the momentum buffer ``v <- mu v + d``). The
 damping is ``delta = damping_ratio * lr`` (the paper keeps ``delta = 10 alpha``; it follows a
-learning-rate schedule) unless ``damping`` is given. Weight decay ``lam`` is part of the
+learning-rate schedule) unless ``damping`` is given: a number, or ``"rmt"``, Granziol &
+Baskerville's random-matrix damping learner (:class:`deepcurvature.linalg.ShrinkageDamping`):
+the batch curvature is shrunk towards its mean eigenvalue, ``(1 - rho) C + rho (tr C / P) I``,
+with the Ledoit-Wolf intensity ``rho`` learned from the batch-to-batch variance of ``C V`` for a
+few fixed probes ``V``, which is the damping ``delta = rho / (1 - rho) tr C / P`` with the step
+scaled by ``1 - rho``. Weight decay ``lam`` is part of the
 objective: its gradient ``lam p`` is added to ``g`` and its curvature ``lam I`` to ``C``.
 
 How the optimiser gets the batch (``train_network`` calls ``loss.backward(); optimizer.step()``):
@@ -56,6 +61,7 @@ import torch
 from torch import nn
 
 from ..linalg.lanczos import lanczos, tridiagonal_eigh
+from ..linalg.shrinkage import ShrinkageDamping
 from ..operators import ggn, hessian, select_parameters
 from .validation import check_hyperparameters
 
@@ -104,9 +110,11 @@ class _KrylovNewton(torch.optim.Optimizer):
         model: nn.Module,
         lr: float = 0.1,
         *,
-        damping: float | None = None,
+        damping: float | str | None = None,
         damping_ratio: float = 10.0,
         lanczos_steps: int = 20,
+        rmt_probes: int = 4,
+        rmt_decay: float = 0.9,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         outside: str = "scale",
@@ -124,6 +132,11 @@ class _KrylovNewton(torch.optim.Optimizer):
                 f"{name} needs the model (an nn.Module), not its parameters: "
                 f"{name}(model, lr=...) or build_optimizer({name!r}, model, ...)"
             )
+        if isinstance(damping, str) and damping != "rmt":
+            raise ValueError(
+                f"{name}: damping must be a positive number, None (damping_ratio * lr) or "
+                f"'rmt' (learned by linear shrinkage), got {damping!r}"
+            )
         check_hyperparameters(
             name,
             dict(
@@ -139,6 +152,11 @@ class _KrylovNewton(torch.optim.Optimizer):
         if damping_ratio is None or not float(damping_ratio) > 0:
             raise ValueError(f"{name}: damping_ratio must be positive, got {damping_ratio!r}")
         lanczos_steps = _positive_int(name, "lanczos_steps", lanczos_steps)
+        rmt_probes = _positive_int(name, "rmt_probes", rmt_probes)
+        if isinstance(rmt_decay, bool) or not isinstance(rmt_decay, (int, float)):
+            raise ValueError(f"{name}: rmt_decay must be a number in (0, 1], got {rmt_decay!r}")
+        if not 0 < rmt_decay <= 1:
+            raise ValueError(f"{name}: rmt_decay must be in (0, 1], got {rmt_decay!r}")
         refresh_every = _positive_int(name, "refresh_every", refresh_every)
         curvature_batch_size = _positive_int(
             name, "curvature_batch_size", curvature_batch_size, allow_none=True
@@ -159,6 +177,8 @@ class _KrylovNewton(torch.optim.Optimizer):
             damping=damping,
             damping_ratio=float(damping_ratio),
             lanczos_steps=lanczos_steps,
+            rmt_probes=rmt_probes,
+            rmt_decay=float(rmt_decay),
             momentum=momentum,
             weight_decay=weight_decay,
             outside=outside,
@@ -179,6 +199,7 @@ class _KrylovNewton(torch.optim.Optimizer):
         self._seen_output: torch.Tensor | None = None
         self._captured: tuple[Any, Any, Callable] | None = None
         self._handles: list = []
+        self._learner: ShrinkageDamping | None = None
         self.add_hooks()
 
     # ------------------------------------------------------------------ batches
@@ -300,11 +321,47 @@ class _KrylovNewton(torch.optim.Optimizer):
             f"raise the damping (damping={self._damping(group):.3g}) or check the data"
         )
 
-    @staticmethod
-    def _damping(group: dict) -> float:
-        if group["damping"] is not None:
+    def _damping(self, group: dict) -> float:
+        """``delta``: given, learned (``"rmt"``, after two refreshes) or ``damping_ratio * lr``."""
+        if group["damping"] == "rmt":
+            params = group["params"]
+            learned = self.state[params[0]].get("rmt_damping") if params else None
+            if learned is not None:
+                return float(learned)
+        elif group["damping"] is not None:
             return float(group["damping"])
         return group["damping_ratio"] * float(group["lr"])
+
+    def _learn_damping(self, op: Any, first: dict, theta: torch.Tensor) -> None:
+        """``damping="rmt"``: fold ``H_b V`` into the shrinkage learner, store the new ``delta``.
+
+        ``delta = rho / (1 - rho) * mu`` (:class:`~deepcurvature.linalg.ShrinkageDamping`), at
+        least ``1e-6 * max |theta|`` (a condition number of at most 1e6 in the Krylov space).
+        """
+        group = self.param_groups[0]
+        store = first.setdefault("rmt", {})
+        learner = self._learner
+        if learner is None or learner.state is not store or learner.num_params != op.shape[0]:
+            learner = ShrinkageDamping(
+                op.shape[0],
+                probes=group["rmt_probes"],
+                decay=group["rmt_decay"],
+                dtype=group["params"][0].dtype,
+                device=group["params"][0].device,
+                state=store,
+            )
+            self._learner = learner
+        learner.update(op.matmat(learner.probes.to(op.dtype)))
+        est = learner.estimate()
+        if est is None:
+            return
+        floor = 1e-6 * float(theta.abs().max()) if theta.numel() else 0.0
+        delta = max(est.damping, floor)
+        if not delta > 0:
+            return  # no curvature seen at all: keep damping_ratio * lr
+        dtype = group["params"][0].dtype  # as load_state_dict casts it: resume is exact
+        first["rmt_damping"] = torch.tensor(delta, dtype=dtype)
+        first["rmt_rho"] = torch.tensor(est.rho, dtype=dtype)
 
     def _refresh(self, params: list[torch.Tensor], g: torch.Tensor) -> None:
         """Build the Krylov basis of the curvature started at ``g`` and cache it in the state."""
@@ -327,6 +384,11 @@ class _KrylovNewton(torch.optim.Optimizer):
         theta, S = torch.as_tensor(theta), torch.as_tensor(S)
         if not bool(torch.isfinite(theta).all()):
             raise self._failure(f"the Ritz values of the {self.curvature} are not finite")
+        if self.param_groups[0]["damping"] == "rmt":
+            try:
+                self._learn_damping(op, first, theta)
+            except FloatingPointError as exc:
+                raise self._failure(f"the {self.curvature} of the batch is not finite") from exc
         first["ritz_values"] = theta.to(params[0])
         first["ritz_coords"] = S.to(params[0])
         offset = 0
@@ -408,9 +470,15 @@ _DOC_ARGS = """
         model: the network (hooks record the batch, see the module docstring); its selected
             parameters are the ones optimised.
         lr: learning rate ``alpha``.
-        damping: ``delta``; default ``damping_ratio * lr`` at every step.
+        damping: ``delta``; default ``damping_ratio * lr`` at every step; ``"rmt"`` learns it
+            by linear shrinkage (:class:`~deepcurvature.linalg.ShrinkageDamping`) from ``H_b V``
+            at each refresh: ``delta = rho / (1 - rho) * tr H_b / P`` (``damping_ratio * lr``
+            until two refreshes have been seen).
         damping_ratio: ``delta / alpha`` when ``damping`` is not given (the paper's 10).
         lanczos_steps: Krylov dimension ``k`` (clamped to the number of parameters).
+        rmt_probes: probes of the shrinkage learner (``damping="rmt"``; one extra product of
+            this many columns per refresh).
+        rmt_decay: weight decay per refresh of the learner's running sums (1: plain mean).
         momentum: heavy-ball momentum ``mu`` on the step (0: none).
         weight_decay: L2 coefficient ``lam`` (gradient ``lam p``, curvature ``lam I``).
         outside: ``"scale"`` (default) steps along the gradient outside the Krylov space scaled
@@ -428,7 +496,8 @@ _DOC_ARGS = """
         dtype: evaluation dtype of the curvature products (default the model's).
 
     Raises:
-        ValueError: a non-positive or non-finite ``lr``, ``damping`` or ``damping_ratio``;
+        ValueError: a non-positive or non-finite ``lr``, ``damping`` (other than ``"rmt"``) or
+            ``damping_ratio``; ``rmt_probes`` not a positive integer, ``rmt_decay`` not in (0, 1];
             ``lanczos_steps``, ``refresh_every`` or ``curvature_batch_size`` not a positive
             integer; unknown ``outside``/``bn_mode``; at a step, a curvature batch size larger
             than the batch.
