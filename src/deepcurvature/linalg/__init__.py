@@ -19,6 +19,7 @@ from .operator import (
 )
 from .power import power_iteration
 from .probes import draw_probes
+from .shrinkage import ShrinkageDamping, ShrinkageEstimate, shrinkage_ratio
 from .solve import MatrixFunctionResult, SolveResult, matrix_function, solve
 from .trace import DiagonalEstimate, TraceEstimate, diagonal, trace
 
@@ -37,6 +38,8 @@ __all__ = [
     "MatrixFunctionResult",
     "ScipyOperator",
     "ShiftedOperator",
+    "ShrinkageDamping",
+    "ShrinkageEstimate",
     "SolveResult",
     "SpectralDensity",
     "TraceEstimate",
@@ -49,6 +52,7 @@ __all__ = [
     "mfac_coefficients",
     "mfac_inverse",
     "power_iteration",
+    "shrinkage_ratio",
     "solve",
     "trace",
     "tridiagonal_eigh",
