@@ -377,3 +377,37 @@ def test_by_name_in_train_network_and_resume_is_exact(tmp_path, name):
     resumed = dc.train_network(tmp_path / "branch", "digits", epochs=2, resume=start, **args)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damping", [1e-12, "rmt"])
+def test_diverging_newton_run_is_the_training_diverged_error(tmp_path, damping):
+    """A huge step gives a NaN loss: train_network and the CLI stop with the same one-line
+    "training diverged" error as for SGD, not a traceback from the Lanczos code."""
+    import deepcurvature as dc
+    from _helpers import cli
+    from deepcurvature.training.train import TrainingDivergedError
+
+    kwargs = {"lr": 1e8, "damping": damping, "lanczos_steps": 3, "momentum": 0.0}
+    with pytest.raises(TrainingDivergedError) as info:
+        dc.train_network(
+            None, "digits", optimizer="LanczosNewton", optimizer_kwargs=kwargs, epochs=2,
+            batch_size=64, subsample=256, seed=0, verbose=False,
+        )  # fmt: skip
+    text = str(info.value)
+    assert text.startswith("training diverged at epoch 1, step ") and "\n" not in text
+    assert "lower the learning rate" in text
+
+    if damping == "rmt":
+        return
+    import json
+
+    proc = cli(
+        "train", "--dir", tmp_path / "run", "--optimizer", "LanczosNewton", "--epochs", "2",
+        "--subsample", "256", "--optimizer-kwargs", json.dumps(kwargs), "--seed", "0",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("deepcurvature train: error: training diverged at epoch ")
+    assert proc.stderr.strip().endswith(errors[0])
+    assert not (tmp_path / "run").exists()  # nothing of the failed run is left
