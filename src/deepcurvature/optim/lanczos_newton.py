@@ -63,6 +63,7 @@ from torch import nn
 from ..linalg.lanczos import lanczos, tridiagonal_eigh
 from ..linalg.shrinkage import ShrinkageDamping
 from ..operators import ggn, hessian, select_parameters
+from ..operators.retained import retained_hessian
 from .validation import check_hyperparameters
 
 __all__ = ["LanczosGGN", "LanczosNewton"]
@@ -303,8 +304,14 @@ class _KrylovNewton(torch.optim.Optimizer):
         return theta.clamp_min(0) + delta
 
     def _operator(self, x: Any, y: Any, loss_fn: Callable) -> Any:
+        """The curvature of the batch (for the Hessian with its gradient graph kept).
+
+        The ``k`` Lanczos products of the Hessian share one forward pass
+        (:func:`~deepcurvature.operators.retained.retained_hessian`); the GGN operator's own
+        product (forward-mode ``J v`` on a recorded forward pass) is cheaper than a retained one.
+        """
         build = hessian if self.curvature == "hessian" else ggn
-        return build(
+        op = build(
             self.model,
             loss_fn,
             [(x, y)],
@@ -313,6 +320,7 @@ class _KrylovNewton(torch.optim.Optimizer):
             weight_decay=self.param_groups[0]["weight_decay"],
             dtype=self.dtype,
         )
+        return retained_hessian(op) if self.curvature == "hessian" else op
 
     def _failure(self, what: str) -> FloatingPointError:
         group = self.param_groups[0]
