@@ -66,6 +66,18 @@ pass), plus one forward pass over ``test_data``. More mini-batches than fit in o
 (``data_passes``). Variances use the expansion ``E||X_b - X||^2 = E||X_b||^2 - 2<E X_b, X> +
 ||X||^2`` accumulated in float64 (evaluate in float64 when the noise is many orders of magnitude
 below the signal).
+
+**Many processes** (inside an initialised ``torch.distributed`` process group, e.g. under
+``torchrun``): the result is the one a single process computes, with the work split over the
+ranks. A ``Dataset`` (or the dataset of a ``DataLoader``, whose sampler is ignored as always) is the
+*whole* data set on every rank: the seeded mini-batch plan is drawn identically everywhere and
+its ``i``-th batch is evaluated by rank ``i mod world_size``. A list of batches is each rank's
+*shard*: the mini-batches are those of all ranks' lists in rank order (``num_batches`` draws among
+all of them). ``test_data``: a ``Dataset`` is dealt to the ranks the same way, a list or
+``DataLoader`` is each rank's shard. Rank 0's seed is used (so ``seed=None`` works); the model
+replicas are checked as for the curvature operators, and every sum and the per-batch records are
+reduced with one all-reduce (one more for ``test_data``). A rank whose batch fails makes every rank
+raise (see :mod:`deepcurvature.operators.distributed`).
 """
 
 from __future__ import annotations
@@ -90,6 +102,13 @@ from ..linalg.probes import PROBE_KINDS, draw_probes, resolve_seed
 from ..linalg.shrinkage import shrinkage_ratio
 from ..operators.base import CurvatureOperator
 from ..operators.batches import Batch, prepare_batch
+from ..operators.distributed import (
+    Ranks,
+    all_reduce_sum,
+    current_ranks,
+    local_evaluation,
+    reduce_pass,
+)
 from ..progress import ProgressBar
 
 __all__ = [
@@ -248,12 +267,40 @@ class LossStats:
 
 @dataclass
 class _Plan:
-    """What to evaluate: an iterable of raw batches and, per batch, two flags."""
+    """What to evaluate: an iterable of raw batches and, per batch, two flags.
+
+    In a process group, the batches this rank evaluates (see :func:`loss_stats`); ``slots`` gives
+    each one's position among all mini-batches of all ranks, ``num_minibatches`` their number.
+    """
 
     batches: Iterable[Any]
     minibatch: list[bool]  # counts in the mini-batch statistics
     full: list[bool]  # counts in the full-data values
     drawn: bool  # mini-batches drawn here (uniform, without replacement)
+    slots: list[int] = field(default_factory=list)  # mini-batch position (-1: not one)
+    num_minibatches: int = 0
+
+
+def _slots(minibatch: list[bool]) -> list[int]:
+    out, m = [], 0
+    for flag in minibatch:
+        out.append(m if flag else -1)
+        m += flag
+    return out
+
+
+def _agree(
+    ranks: Ranks | None, seed: int, n_list: int, device: torch.device
+) -> tuple[int, list[int]]:
+    """Rank 0's seed and every rank's number of listed batches (one all-reduce of integers)."""
+    if ranks is None:
+        return seed, [n_list]
+    buf = torch.zeros(ranks.world_size + 1, dtype=torch.int64, device=device)
+    if ranks.rank == 0:
+        buf[0] = seed
+    buf[1 + ranks.rank] = n_list
+    values = all_reduce_sum(buf).tolist()
+    return int(values[0]), [int(v) for v in values[1:]]
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
@@ -264,11 +311,26 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None
     return int(value)
 
 
-def _plan(data: Any, batch_size: int, num_batches: int | None, generator: torch.Generator) -> _Plan:
+def _plan(
+    data: Any,
+    batch_size: int,
+    num_batches: int | None,
+    generator: torch.Generator,
+    ranks: Ranks | None = None,
+    listed: list[int] | None = None,
+) -> _Plan:
     if isinstance(data, (list, tuple)):
+        counts = listed or [len(data)]
+        empty = [r for r, c in enumerate(counts) if c == 0]
+        if empty and ranks is not None:
+            raise ValueError(
+                f"rank(s) {', '.join(map(str, empty))} have an empty list of batches: every rank "
+                "needs at least one (inputs, targets) batch of its shard"
+            )
         if not data:
             raise ValueError("data is an empty list: pass at least one (inputs, targets) batch")
-        n = len(data)
+        n = sum(counts)  # the batches of all ranks, in rank order
+        offset = sum(counts[: ranks.rank]) if ranks is not None else 0
         if num_batches is not None and num_batches > n:
             raise ValueError(
                 f"num_batches={num_batches} but data is a list of {n} batches; use at most {n} "
@@ -277,7 +339,9 @@ def _plan(data: Any, batch_size: int, num_batches: int | None, generator: torch.
         chosen = set(range(n))
         if num_batches is not None:
             chosen = set(torch.randperm(n, generator=generator)[:num_batches].tolist())
-        return _Plan(list(data), [i in chosen for i in range(n)], [True] * n, False)
+        slots = _slots([i in chosen for i in range(n)])[offset : offset + len(data)]
+        mine = [offset + i in chosen for i in range(len(data))]
+        return _Plan(list(data), mine, [True] * len(data), False, slots, len(chosen))
 
     collate: Callable[[list[Any]], Any] = default_collate
     dataset = data
@@ -324,15 +388,28 @@ def _plan(data: Any, batch_size: int, num_batches: int | None, generator: torch.
             minibatch.append(True)
             full.append(False)
         extra -= per_epoch
+    slots, total = _slots(minibatch), sum(minibatch)
+    if ranks is not None:  # chunk i is evaluated by rank i % world_size
+        keep = range(ranks.rank, len(chunks), ranks.world_size)
+        chunks = [chunks[i] for i in keep]
+        minibatch, full, slots = ([x[i] for i in keep] for x in (minibatch, full, slots))
     loader = DataLoader(dataset, batch_sampler=chunks, collate_fn=collate)  # type: ignore[arg-type]
-    return _Plan(loader, minibatch, full, True)
+    return _Plan(loader, minibatch, full, True, slots, total)
 
 
-def _eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
-    """Batches of test data: a list or DataLoader as it is, a Dataset in order."""
+def _eval_batches(data: Any, batch_size: int, ranks: Ranks | None = None) -> Iterable[Any]:
+    """Batches of test data: a list or DataLoader as it is, a Dataset in order.
+
+    In a process group a list or DataLoader is this rank's shard, and the batches of a Dataset
+    are dealt to the ranks in turn.
+    """
     if isinstance(data, (list, tuple, DataLoader)):
         return data
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        if ranks is not None:
+            starts = range(ranks.rank * batch_size, len(data), ranks.world_size * batch_size)
+            chunks = [list(range(i, min(i + batch_size, len(data)))) for i in starts]
+            return DataLoader(data, batch_sampler=chunks)  # type: ignore[arg-type]
         return DataLoader(data, batch_size=batch_size, shuffle=False)
     raise TypeError(
         f"test_data must be a Dataset, a DataLoader or a list of batches, got {type(data).__name__}"
@@ -520,7 +597,11 @@ def loss_stats(
             and accuracy from one forward pass.
         dtype: evaluation dtype (e.g. ``torch.float64``); default the model's.
         device: evaluation device; default the model's.
-        verbose: progress bar over the batches.
+        verbose: progress bar over the batches (rank 0's only in a process group).
+
+    In a ``torch.distributed`` process group the work is split over the ranks and every rank
+    returns the single-process result; see "Many processes" in the module documentation for what a
+    rank's ``data`` means.
 
     Returns:
         A :class:`LossStats`.
@@ -545,13 +626,27 @@ def loss_stats(
     B = _positive_int("batch_size", batch_size)
     num_batches = _positive_int("num_batches", num_batches, allow_none=True)
     used_seed = resolve_seed(seed)
-    generator = torch.Generator().manual_seed(used_seed)
-    plan = _plan(data, B, num_batches, generator)
-
-    op: CurvatureOperator = curvature_operator(  # type: ignore[assignment]
-        model, loss_fn, [], matrix=key, params=params, bn_mode=bn_mode, dtype=dtype, device=device
-    )
+    ranks = current_ranks()
+    with local_evaluation():  # only its evaluation machinery: the sums are reduced here
+        op: CurvatureOperator = curvature_operator(  # type: ignore[assignment]
+            model,
+            loss_fn,
+            [],
+            matrix=key,
+            params=params,
+            bn_mode=bn_mode,
+            dtype=dtype,
+            device=device,
+        )
     P, dev = op.num_params, op.device
+    listed = None
+    if ranks is not None:  # the replicas; rank 0's seed; every rank's number of listed batches
+        op.check_replicas(ranks, count=False)
+        n_list = len(data) if isinstance(data, (list, tuple)) else 0
+        used_seed, listed = _agree(ranks, used_seed, n_list, dev)
+        verbose = verbose and ranks.rank == 0
+    generator = torch.Generator().manual_seed(used_seed)
+    plan = _plan(data, B, num_batches, generator, ranks, listed)
     if isinstance(probes, torch.Tensor):
         Z = _given_directions(probes, P)
         probe = "given"
@@ -583,39 +678,73 @@ def loss_stats(
     rec_gsq: list[float] = []
     rec_hsq: list[np.ndarray] = []
     rec_size: list[int] = []
+    rec_slot: list[int] = []
     n_evaluated = 0
+    failure: Exception | None = None
 
     total = len(plan.minibatch)
-    with op.evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
-        for i, raw in enumerate(plan.batches):
-            batch = prepare_batch(raw, i, dev, op.dtype)
-            value, g, hv, out = evaluator(batch)
-            _check_finite(batch, value, g, hv)
-            g, hv, lv = g.double(), hv.double(), float(value)
-            n_evaluated += batch.n
-            if plan.full[i]:
-                n_full += batch.n
-                loss_sum += batch.n * lv
-                g_sum.add_(g, alpha=batch.n)
-                hv_sum.add_(hv, alpha=batch.n)
-                if classify is None:
-                    classify = _is_classification(out, batch.targets)
-                if classify:
-                    correct += int((out.argmax(dim=1) == batch.targets).sum())
-                    n_class += int(batch.targets.numel())
-            if plan.minibatch[i]:
-                gb_sum.add_(g)
-                hvb_sum.add_(hv)
-                g2 = _layer_sum(seg, L, g * g)
-                h2 = _layer_sum(seg, L, hv * hv)
-                gb_sq.add_(g2)
-                hvb_sq.add_(h2)
-                rec_loss.append(lv)
-                rec_gsq.append(float(g2.sum()))
-                rec_hsq.append(h2.sum(0).cpu().numpy())
-                rec_size.append(batch.n)
-            bar.advance()
-            bar.set_info(f"loss {lv:.4g}")
+    try:
+        with op.evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
+            for i, raw in enumerate(plan.batches):
+                batch = prepare_batch(raw, i, dev, op.dtype)
+                value, g, hv, out = evaluator(batch)
+                _check_finite(batch, value, g, hv)
+                g, hv, lv = g.double(), hv.double(), float(value)
+                n_evaluated += batch.n
+                if plan.full[i]:
+                    n_full += batch.n
+                    loss_sum += batch.n * lv
+                    g_sum.add_(g, alpha=batch.n)
+                    hv_sum.add_(hv, alpha=batch.n)
+                    if classify is None:
+                        classify = _is_classification(out, batch.targets)
+                    if classify:
+                        correct += int((out.argmax(dim=1) == batch.targets).sum())
+                        n_class += int(batch.targets.numel())
+                if plan.minibatch[i]:
+                    gb_sum.add_(g)
+                    hvb_sum.add_(hv)
+                    g2 = _layer_sum(seg, L, g * g)
+                    h2 = _layer_sum(seg, L, hv * hv)
+                    gb_sq.add_(g2)
+                    hvb_sq.add_(h2)
+                    rec_loss.append(lv)
+                    rec_gsq.append(float(g2.sum()))
+                    rec_hsq.append(h2.sum(0).cpu().numpy())
+                    rec_size.append(batch.n)
+                    rec_slot.append(plan.slots[i])
+                bar.advance()
+                bar.set_info(f"loss {lv:.4g}")
+
+    except Exception as exc:
+        if ranks is None:
+            raise
+        failure = exc
+    if ranks is not None:  # one all-reduce of every sum and of the per-batch records
+        sums = [g_sum, hv_sum, gb_sum, hvb_sum, gb_sq, hvb_sq]
+        scalars = [n_full, loss_sum, correct, n_class, float(bool(classify)), n_evaluated]
+        records = torch.zeros(plan.num_minibatches, 3 + k, **f64)
+        if rec_slot and failure is None:
+            rows = [
+                [lv, gsq, size, *hsq]
+                for lv, gsq, size, hsq in zip(rec_loss, rec_gsq, rec_size, rec_hsq, strict=True)
+            ]
+            records[torch.tensor(rec_slot)] = torch.tensor(rows, **f64)
+        parts = [*sums, torch.tensor(scalars, **f64), records]
+        payload = torch.cat([t.reshape(-1) for t in parts])
+        reduced, _ = reduce_pass(
+            ranks, payload, n_evaluated, failure, f"loss statistics ({key})", vectors=V64
+        )
+        pieces = reduced.split([t.numel() for t in parts])
+        for t, piece in zip(sums, pieces, strict=False):
+            t.copy_(piece.view_as(t))
+        total_n, loss_sum, total_c, total_cls, any_cls, total_ev = pieces[-2].tolist()
+        n_full, correct, n_class = round(total_n), round(total_c), round(total_cls)
+        n_evaluated, classify = round(total_ev), any_cls > 0
+        table = pieces[-1].view(plan.num_minibatches, 3 + k).cpu()
+        rec_loss, rec_gsq = table[:, 0].tolist(), table[:, 1].tolist()
+        rec_size = [round(v) for v in table[:, 2].tolist()]
+        rec_hsq = list(table[:, 3:].numpy())
 
     N = n_full
     M = len(rec_loss)
@@ -705,20 +834,33 @@ def loss_stats(
     if test_data is not None:
         t_loss, t_n, t_correct, t_class, t_classify = 0.0, 0, 0, 0, None
         state, fixed = op.functional_state()
-        with torch.no_grad(), op.evaluation_mode():
-            for i, raw in enumerate(_eval_batches(test_data, B)):
-                batch = prepare_batch(raw, i, dev, op.dtype)
-                out = op.batch_output(state, fixed, batch)
-                value = op.objective(out, batch.targets)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"the test loss of batch {i} is not finite")
-                t_loss += batch.n * float(value)
-                t_n += batch.n
-                if t_classify is None:
-                    t_classify = _is_classification(out, batch.targets)
-                if t_classify:
-                    t_correct += int((out.argmax(dim=1) == batch.targets).sum())
-                    t_class += int(batch.targets.numel())
+        try:
+            with torch.no_grad(), op.evaluation_mode():
+                for i, raw in enumerate(_eval_batches(test_data, B, ranks)):
+                    batch = prepare_batch(raw, i, dev, op.dtype)
+                    out = op.batch_output(state, fixed, batch)
+                    value = op.objective(out, batch.targets)
+                    if not torch.isfinite(value):
+                        raise FloatingPointError(f"the test loss of batch {i} is not finite")
+                    t_loss += batch.n * float(value)
+                    t_n += batch.n
+                    if t_classify is None:
+                        t_classify = _is_classification(out, batch.targets)
+                    if t_classify:
+                        t_correct += int((out.argmax(dim=1) == batch.targets).sum())
+                        t_class += int(batch.targets.numel())
+        except Exception as exc:
+            if ranks is None:
+                raise
+            failure = exc
+        if ranks is not None:  # one all-reduce of the sums
+            local = [t_loss, t_n, t_correct, t_class, float(bool(t_classify))]
+            sums_t, _ = reduce_pass(
+                ranks, torch.tensor(local, **f64), t_n, failure, "test loss and accuracy"
+            )
+            t_loss, t_n_f, t_correct_f, t_class_f, any_t = sums_t.tolist()
+            t_n, t_correct, t_class = round(t_n_f), round(t_correct_f), round(t_class_f)
+            t_classify = any_t > 0
         if t_n == 0:
             raise ValueError("test_data yielded no batches")
         test_passes = 1
@@ -746,6 +888,7 @@ def loss_stats(
         "data_passes": n_evaluated / N,
         "test_passes": test_passes,
         "per_sample_factor": per_sample_factor,
+        **({"world_size": ranks.world_size} if ranks is not None else {}),
     }
     batches = {
         "loss": losses,

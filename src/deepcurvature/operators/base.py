@@ -15,6 +15,14 @@ Every product evaluates the model functionally (``torch.func.functional_call``) 
 of its state, inside a context that switches dropout off and sets the batch-norm layers to the
 requested mode (in eval mode as the equivalent affine maps, whose second derivatives are cheap),
 and restores everything afterwards: the user's model is left exactly as it was.
+
+Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every rank
+holds a replica of the model and passes its own shard of the data: the operator is then that of
+the union of the shards. Each product, ``gradient()`` and ``loss()`` computes the rank's
+sample-weighted partial sum over its shard for the whole block ``V`` and ends in one all-reduce
+(:mod:`.distributed`); ``N`` is the sum of the ranks' counts and ``weight_decay`` is added after
+the reduction. Building the operator checks, with one all-reduce, that the replicas and settings
+agree across ranks and that no rank's shard is empty. Outside a process group nothing of this runs.
 """
 
 from __future__ import annotations
@@ -35,6 +43,14 @@ from ..linalg.operator import LinearOperator
 from ..progress import ProgressBar
 from .allocator import tune_cpu_allocator
 from .batches import Batch, BatchSource
+from .distributed import (
+    Ranks,
+    check_backend,
+    compare_replicas,
+    current_ranks,
+    reduce_pass,
+    tensor_checksum,
+)
 from .losses import OutputLoss
 from .params import ParameterLayout, select_parameters
 
@@ -135,6 +151,67 @@ class CurvatureOperator(LinearOperator):
                 "products, so the operator is not a fixed matrix; use shuffle=False",
                 stacklevel=3,
             )
+        #: the process group (``None`` outside one); see :mod:`.distributed`
+        self.ranks: Ranks | None = current_ranks()
+        self._counts: list[int] | None = None  # samples per rank (in a process group)
+        if self.ranks is not None:
+            self._counts = self.check_replicas(self.ranks)
+
+    # -- data parallelism -------------------------------------------------------------------------
+    def _replica_fields(self) -> dict[str, float]:
+        """Settings every rank's operator must share exactly (as numbers, for the check)."""
+        return {
+            "number of selected parameters": float(self.num_params),
+            "number of selected tensors": float(len(self.layout.names)),
+            "dtype": float(torch.finfo(self.dtype).eps),
+            "device type": float(sum(map(ord, self.device.type))),
+            "bn_mode": float(BN_MODES.index(self.bn_mode)),
+            "weight_decay": self.weight_decay,
+            "curvature": float(sum(map(ord, self.curvature))),
+        }
+
+    def check_replicas(self, ranks: Ranks, *, count: bool = True) -> list[int]:
+        """The construction check in a process group: one all-reduce, on every rank.
+
+        Compares this rank's settings and a checksum of the model state (parameters and floating
+        buffers) with rank 0's and, with ``count``, counts every rank's samples (``N`` is their
+        sum). Called when an operator is built inside a process group; analyses that reduce their
+        own sums (``loss_stats``) call it with ``count=False``.
+
+        Returns:
+            The number of samples of every rank (``-1`` each without ``count``).
+
+        Raises:
+            ValueError: on every rank, for a replica or setting that differs from rank 0's, a rank
+                without samples, or a backend that cannot reduce tensors on the device.
+        """
+        check_backend(ranks, self.device)
+        state, fixed = self._state()
+        params = self.layout.flatten(state).double()  # once per operator: float64 checksums
+        buffers = [t for t in fixed.values() if t.is_floating_point()]
+        flat_buffers = (
+            torch.cat([t.reshape(-1) for t in buffers]).double() if buffers else params[:0]
+        )
+        sums: dict[str, float] = {}
+        sums["parameters (weighted sum)"], sums["parameters (sum of squares)"] = tensor_checksum(
+            params
+        )
+        sums["buffers (weighted sum)"], sums["buffers (sum of squares)"] = tensor_checksum(
+            flat_buffers
+        )
+        error: Exception | None = None
+        n: int | None = None
+        try:  # an empty shard (len 0) is reported as such on every rank
+            if count:
+                n = 0 if self.source.num_batches == 0 else self.source.count_samples()
+        except Exception as exc:  # raised below, once the other ranks know
+            error, n = exc, 0
+        try:
+            return compare_replicas(ranks, self._replica_fields(), sums, n, self.device)
+        except ValueError:
+            if error is not None:
+                raise error from None
+            raise
 
     # -- public helpers ---------------------------------------------------------------------------
     @property
@@ -149,7 +226,13 @@ class CurvatureOperator(LinearOperator):
 
     @property
     def num_samples(self) -> int:
-        """``N``: the number of samples of the data set (leading dimension of the targets)."""
+        """``N``: the number of samples of the data set (leading dimension of the targets).
+
+        In a process group: the sum over the ranks' shards (counted when the operator was built
+        and by every product; no collective here).
+        """
+        if self._counts is not None:
+            return sum(self._counts)
         return self.source.count_samples()
 
     def flatten(self, tensors: Any) -> torch.Tensor:
@@ -208,6 +291,7 @@ class CurvatureOperator(LinearOperator):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             **self.objective.describe(),
+            **({"world_size": self.ranks.world_size} if self.ranks is not None else {}),
         }
 
     def loss(self, *, include_weight_decay: bool = True) -> float:
@@ -219,14 +303,22 @@ class CurvatureOperator(LinearOperator):
         state, fixed = self._state()
         total, n_total = torch.zeros((), dtype=torch.float64, device=self.device), 0
         values: list[tuple[int, torch.Tensor]] = []
-        with torch.no_grad(), self._evaluation_mode(), self._bar("loss") as bar:
-            for batch in self.source:
-                value = self.objective(self._forward(state, fixed, batch), batch.targets)
-                values.append((batch.index, value))
-                total += batch.n * value.double()
-                n_total += batch.n
-                bar.advance()
-        _raise_if_not_finite(values, None, "loss", lambda: None)
+        failure: Exception | None = None
+        try:
+            with torch.no_grad(), self._evaluation_mode(), self._bar("loss") as bar:
+                for batch in self.source:
+                    value = self.objective(self._forward(state, fixed, batch), batch.targets)
+                    values.append((batch.index, value))
+                    total += batch.n * value.double()
+                    n_total += batch.n
+                    bar.advance()
+            _raise_if_not_finite(values, None, "loss", lambda: None)
+        except Exception as exc:
+            if self.ranks is None:
+                raise
+            failure = exc
+        if self.ranks is not None:
+            total, n_total = self._reduce(total, n_total, failure, "loss")
         out = float(total) / n_total
         if include_weight_decay and self.weight_decay:
             sq = sum(float((t.double() ** 2).sum()) for t in state.values())
@@ -260,17 +352,26 @@ class CurvatureOperator(LinearOperator):
                         return batch.index
             return None
 
-        with self._evaluation_mode(), self._bar("gradient") as bar:
-            for batch in self.source:
-                grads, value = batch_gradient(batch)
-                for a, g in zip(acc, grads, strict=True):
-                    if g is not None:
-                        a.add_(g)
-                values.append((batch.index, value))
-                n_total += batch.n
-                bar.advance()
-        g = torch.cat([a.reshape(-1) for a in acc]) / n_total
-        _raise_if_not_finite(values, g, "gradient", locate)
+        failure: Exception | None = None
+        try:
+            with self._evaluation_mode(), self._bar("gradient") as bar:
+                for batch in self.source:
+                    grads, value = batch_gradient(batch)
+                    for a, g_b in zip(acc, grads, strict=True):
+                        if g_b is not None:
+                            a.add_(g_b)
+                    values.append((batch.index, value))
+                    n_total += batch.n
+                    bar.advance()
+            g = torch.cat([a.reshape(-1) for a in acc])
+            _raise_if_not_finite(values, g, "gradient", locate)
+        except Exception as exc:
+            if self.ranks is None:
+                raise
+            failure, g = exc, torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        if self.ranks is not None:
+            g, n_total = self._reduce(g, n_total, failure, "gradient")
+        g = g / n_total
         if include_weight_decay and self.weight_decay:
             g = g + self.weight_decay * self.layout.flatten(state)
         return g
@@ -286,8 +387,42 @@ class CurvatureOperator(LinearOperator):
             n: torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device) for n, t in state.items()
         }
         plan: list[tuple[Block, list[torch.Tensor]]] = []
-        n_total = 0
         values: list[tuple[int, torch.Tensor]] = []
+        what = f"{self.curvature} product"
+        failure: Exception | None = None
+        n_total = 0
+        try:
+            n_total = self._accumulate(V, tangents, state, fixed, leaves, acc, plan, values)
+            out = self.layout.dict_to_columns(acc)
+            blocks = [b for b, _ in plan]
+            _raise_if_not_finite(values, out, what, lambda: self._locate(blocks, fixed))
+        except Exception as exc:
+            if self.ranks is None:
+                raise
+            failure, out = exc, torch.zeros_like(V)
+        if self.ranks is not None:
+            out, n_total = self._reduce(out, n_total, failure, what, vectors=V)
+        out.div_(n_total)
+        if self.weight_decay:
+            out.add_(V, alpha=self.weight_decay)
+        return out
+
+    def _accumulate(
+        self,
+        V: torch.Tensor,
+        tangents: Tensors,
+        state: Tensors,
+        fixed: Tensors,
+        leaves: Tensors,
+        acc: Tensors,
+        plan: list[tuple[Block, list[torch.Tensor]]],
+        values: list[tuple[int, torch.Tensor]],
+    ) -> int:
+        """One pass over the (local) data: ``acc += n_b C_b V`` per batch; returns the samples.
+
+        The batch losses are appended to ``values``; the column blocks are planned into ``plan``.
+        """
+        k, names, n_total = V.shape[1], self.layout.names, 0
         with self._evaluation_mode(), self._bar(f"{self.curvature} product") as bar:
             for batch in self.source:
                 if not plan:  # blocks of columns, planned once per product on the first batch
@@ -306,14 +441,34 @@ class CurvatureOperator(LinearOperator):
                 values.append((batch.index, value))
                 n_total += batch.n
                 bar.advance()
-        out = self.layout.dict_to_columns(acc).div_(n_total)
-        blocks = [b for b, _ in plan]
-        _raise_if_not_finite(
-            values, out, f"{self.curvature} product", lambda: self._locate(blocks, fixed)
+        return n_total
+
+    def _reduce(
+        self,
+        partial: torch.Tensor,
+        n_local: int,
+        failure: Exception | None,
+        what: str,
+        *,
+        vectors: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Sum a pass's partial result over the ranks (its one all-reduce) and count ``N``.
+
+        Raises on every rank when a rank's pass failed (see
+        :func:`~deepcurvature.operators.distributed.reduce_pass`).
+        """
+        assert self.ranks is not None
+        total, counts = reduce_pass(
+            self.ranks,
+            None if failure is not None else partial,
+            n_local,
+            failure,
+            what,
+            vectors=vectors,
+            like=partial,
         )
-        if self.weight_decay:
-            out.add_(V, alpha=self.weight_decay)
-        return out
+        self._counts = counts
+        return total, sum(counts)
 
     def _locate(self, blocks: list[Block], fixed: Tensors) -> int | None:
         """Diagnostic pass after a non-finite product: the first batch whose product is not finite.
@@ -471,7 +626,9 @@ class CurvatureOperator(LinearOperator):
 
     def _bar(self, description: str) -> ProgressBar:
         total = self.source.num_batches
-        return ProgressBar(total or 0, description, verbose=self.verbose and bool(total))
+        quiet = self.ranks is not None and self.ranks.rank != 0  # one progress bar: rank 0's
+        verbose = self.verbose and bool(total) and not quiet
+        return ProgressBar(total or 0, description, verbose=verbose)
 
     def __repr__(self) -> str:
         return (

@@ -72,21 +72,29 @@ class FisherOperator(CurvatureOperator):
             or mc_samples < 1
         ):
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-        super().__init__(model, loss_fn, data, **kwargs)
-        self.kind = kind
+        self.kind = kind  # before the base class, whose process-group check reads them
         self.mc_samples = int(mc_samples)
+        super().__init__(model, loss_fn, data, **kwargs)
         self.seed = resolve_seed(seed) if kind == "mc" else None
         self._samples: dict[int, torch.Tensor] = {}
         self._generator: torch.Generator | None = None
         if kind == "mc":
             self.objective.check_mc()
-            self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+            # in a process group every rank draws its own stream for its own samples
+            stream = self.seed if self.ranks is None else _rank_seed(self.seed, self.ranks.rank)
+            self._generator = torch.Generator(device=self.device).manual_seed(stream)
             if _shuffles(data):
                 warnings.warn(
                     "kind='mc' with a shuffling DataLoader: the sampled targets are kept per batch "
                     "position, so products would pair them with other samples; use shuffle=False",
                     stacklevel=3,
                 )
+
+    def _replica_fields(self) -> dict[str, float]:
+        fields = super()._replica_fields()
+        fields["Fisher kind"] = float(FISHER_KINDS.index(self.kind))
+        fields["mc_samples"] = float(self.mc_samples)
+        return fields
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -134,6 +142,11 @@ class FisherOperator(CurvatureOperator):
         return lin.vjp(W.reshape(lin.jv.shape)), value
 
 
+def _rank_seed(seed: int, rank: int) -> int:
+    """The Monte Carlo seed of ``rank``: distinct per rank, ``seed`` itself on rank 0."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % 2**63
+
+
 def fisher(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -158,6 +171,8 @@ def fisher(
     ``mc_samples`` targets per sample drawn from the model's predictive distribution (categorical
     for cross-entropy, Bernoulli for BCE-with-logits, Gaussian for MSE; other losses raise), drawn
     once with ``seed`` and kept so the operator is a fixed matrix; its expectation is the GGN.
+    In a ``torch.distributed`` process group each rank draws the targets of its own samples from
+    its own stream (``seed`` mixed with the rank; pass the same ``seed`` on every rank).
     Other arguments and the batch weighting are those of :func:`deepcurvature.hessian`.
 
     Returns:

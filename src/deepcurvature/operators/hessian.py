@@ -266,13 +266,23 @@ def hessian(
             and works for every twice-differentiable op) or ``"forward"`` (forward-over-reverse
             with ``torch.func``); both are exact.
 
+    Inside an initialised ``torch.distributed`` process group, ``data`` is this rank's shard (a
+    list of batches or a DataLoader, e.g. over a ``DistributedSampler``, which pads the shards to
+    equal size by repeating samples unless ``len(dataset)`` is a multiple of the world size), the
+    model must be identical on every rank, and the operator is that of the union of the shards:
+    one all-reduce per product (see :mod:`deepcurvature.operators.distributed`). Every rank must
+    call each product with the same ``V`` (seed the probes of ``lanczos``, ``eigsh``, ``trace``).
+
     Returns:
         A :class:`HessianOperator` (``symmetric=True``) with ``matvec``, ``matmat``, ``gradient()``,
         ``loss()``, ``flatten``/``unflatten``, ``param_names``, ``num_params``, ``num_samples``.
 
     Raises:
         ValueError: an empty or unknown parameter selection, a bad ``bn_mode`` or ``weight_decay``.
-        FloatingPointError: (at a product) a non-finite loss or product, naming the batch.
+        FloatingPointError: (at a product) a non-finite loss or product, naming the batch (and,
+            in a process group, the rank).
+        DistributedError: (in a process group) another rank failed or timed out, or the ranks
+            were given different vectors.
     """
     return HessianOperator(
         model,
