@@ -6,6 +6,7 @@ meant to show (not merely that it ran), and that the PNG was written.
 """
 
 import importlib.util
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,34 @@ def test_fig9_12_landscapes(tmp_path):
     assert len(res["figures"]) == 2
     for path in res["figures"]:
         assert_png(path)
+
+
+# -- Figure 1: stochastic Lanczos Newton optimisers against Adam and SGD -------------------------
+def test_fig1_second_order(tmp_path):
+    res = load_example("fig1_second_order").main(small=True, out=tmp_path, runs=tmp_path / "runs")
+    runs, settings = res["runs"], res["settings"]
+    assert settings["damping_ratio"] == 10.0 and settings["batch_size"] == 128
+    epochs = settings["epochs"]
+    newton = {k: r for k, r in runs.items() if r["optimizer"] in ("LanczosNewton", "LanczosGGN")}
+    assert len(newton) == 2 * len(settings["learning_rates"]) >= 4
+    for label, row in runs.items():  # real runs: a stats.json per run, one row per epoch
+        assert (
+            tmp_path / "runs" / label.replace(" ", "-").replace("=", "") / "stats.json"
+        ).is_file()
+        assert len(row["train_error"]) == epochs
+    adam = runs["Adam lr=0.001"]["train_error"]
+    assert adam[-1] < adam[0] < 0.9  # Adam learns too: the comparison is not with a stalled run
+    # Figure 1's property: after the same number of epochs the Newton methods' training error
+    # is below Adam's, at every epoch and by a margin (seeds 0-2: at least 0.10; seed 0: 0.16)
+    for label, row in newton.items():
+        for e, (err, ref) in enumerate(zip(row["train_error"], adam, strict=True), start=1):
+            assert err < ref - 0.05, (
+                f"{label}: epoch {e} training error {err:.3f} vs Adam {ref:.3f}"
+            )
+        assert row["train_error"][-1] < 0.25  # seeds 0-2: at most 0.19
+    # the time axis is the cumulative training time of each run (no timing is asserted: the
+    # comparison per second is measured and reported in docs/second_order.md)
+    for row in runs.values():
+        times = row["cumulative_time"]
+        assert len(times) == epochs and all(b > a > 0 for a, b in itertools.pairwise(times))
+    assert_png(res["figure"])

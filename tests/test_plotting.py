@@ -597,3 +597,62 @@ def test_percent_tick_formatter():
     fmt.set_locs([97.5, 98.0, 98.5])
     assert [fmt(x) for x in (97.5, 98.0)] == ["97.5%", "98.0%"]
     assert fmt.format_data_short(97.512) == "97.512%"
+
+
+# -- plot_training: several runs, training error, wall-clock time (Figure 1) ----------------------
+def _timed_stats(optimizer, lr, accuracies, times):
+    rows = [
+        {"epoch": e, "train_accuracy": a, "train_loss": 1.0 - a, "time": t}
+        for e, (a, t) in enumerate(zip(accuracies, times, strict=True), start=1)
+    ]
+    config = {"optimizer": optimizer, "optimizer_kwargs": {"lr": lr}}
+    return {"format": "deepcurvature-stats", "version": 1, "config": config, "rows": rows}
+
+
+def test_plot_training_overlays_runs_against_epoch_and_time(run_dir, tmp_path):
+    newton = _timed_stats("LanczosNewton", 0.1, [0.5, 0.8, 0.9], [4.0, 4.0, 5.0])
+    adam = _timed_stats("Adam", 1e-3, [0.2, 0.4, 0.6], [0.5, 0.5, 0.5])
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    by_epoch, by_time = fig.subplots(1, 2)
+    out = dc.plot_training([newton, adam], ax=by_epoch)
+    assert out is fig and len(fig.axes) == 2
+    x, y = _line(by_epoch, "LanczosNewton (lr=0.1)")
+    np.testing.assert_allclose(x, [1, 2, 3])
+    np.testing.assert_allclose(y, [50.0, 20.0, 10.0])  # training error 1 - accuracy, in percent
+    np.testing.assert_allclose(_line(by_epoch, "Adam (lr=0.001)")[1], [80.0, 60.0, 40.0])
+    assert by_epoch.get_xlabel() == "epoch" and by_epoch.get_ylabel() == "training error (%)"
+    # wall-clock: the cumulative training time; labels from a mapping's keys
+    dc.plot_training({"Newton": newton, "Adam": adam}, x="time", ax=by_time, title="time")
+    np.testing.assert_allclose(_line(by_time, "Newton")[0], [4.0, 8.0, 13.0])
+    np.testing.assert_allclose(_line(by_time, "Adam")[0], [0.5, 1.0, 1.5])
+    assert "time" in by_time.get_xlabel() and by_time.get_title() == "time"
+    # any column as the metric; a new figure without ax
+    loss_fig = dc.plot_training([newton], metric="train_loss", labels=["N"], log_loss=False)
+    np.testing.assert_allclose(_line(loss_fig.axes[0], "N")[1], [0.5, 0.2, 0.1])
+    acc_fig = dc.plot_training([newton], metric="train_accuracy")
+    np.testing.assert_allclose(_line(acc_fig.axes[0], "LanczosNewton (lr=0.1)")[1], [50, 80, 90])
+    assert acc_fig.axes[0].get_ylabel() == "train accuracy (%)"
+    # a real run's stats.json: per-epoch times are recorded, and the single-run panels take x
+    run, _, _ = run_dir
+    rows = json.loads((run / "stats.json").read_text())["rows"]
+    single = dc.plot_training(run, x="time")
+    np.testing.assert_allclose(
+        _line(single.axes[0], "train")[0], np.cumsum([r["time"] for r in rows])
+    )
+    assert all("time" in a.get_xlabel() for a in single.axes)
+    _not_blank(fig, tmp_path / "comparison.png")
+
+
+def test_plot_training_comparison_bad_input():
+    newton = _timed_stats("LanczosNewton", 0.1, [0.5, 0.8], [1.0, 1.0])
+    with pytest.raises(ValueError, match="x must be one of"):
+        dc.plot_training([newton], x="step")
+    with pytest.raises(ValueError, match="2 labels for 1 runs"):
+        dc.plot_training([newton], labels=["a", "b"])
+    with pytest.raises(ValueError, match="no numeric 'test_loss'"):
+        dc.plot_training([newton], metric="test_loss")
+    with pytest.raises(ValueError, match="at least one run"):
+        dc.plot_training([])
+    del newton["rows"][1]["time"]
+    with pytest.raises(ValueError, match="epoch 2 has no training 'time'"):
+        dc.plot_training([newton], x="time")

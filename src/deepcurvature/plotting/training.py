@@ -6,6 +6,11 @@
 test curves, test top-5 accuracy and the SWA / iterate-averaged (Gadam) test curves when the
 columns are there. The learning rate has its own panel, on a log axis when it spans a decade or
 more. Curves differ in colour (Okabe-Ito), line style and marker, so they read without colour.
+
+Several runs (a list, or a ``{label: run}`` mapping) are overlaid on one axes, one curve per run
+of one ``metric`` (default: the training error ``1 - train_accuracy``), the comparison of the
+paper's Figure 1. ``x="time"`` puts the cumulative training time (the ``time`` column, seconds)
+on the horizontal axis instead of the epoch.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import os
 import textwrap
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io.results import read_json
-from .style import OKABE_ITO, log_scale_fits
+from .style import OKABE_ITO, PALETTE, log_scale_fits
 
 __all__ = ["plot_training", "read_training_stats"]
 
@@ -55,6 +61,18 @@ _ACCURACY = (
 )
 _LR = (("lr", "learning rate", OKABE_ITO["black"], "-", "o"),)
 _NORM = (("weight_l2", "‖w‖₂", OKABE_ITO["blue"], "-", "o"),)
+
+X_AXES = ("epoch", "time")
+_X = "__x"  # the horizontal coordinate of a row (its epoch or cumulative training time)
+_X_LABELS = {"epoch": "epoch", "time": "training time (s, cumulative)"}
+# metric -> (accuracy column it is one minus, axis label); other metrics are plain columns
+_ERRORS = {
+    "train_error": ("train_accuracy", "training error (%)"),
+    "test_error": ("test_accuracy", "test error (%)"),
+}
+_STATS_KEYS = ("format", "rows", "columns", "config")  # a dict with one of these is one run
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _is_number(value: Any) -> bool:
@@ -150,9 +168,31 @@ def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[l
     for r in rows:
         v = r.get(key)
         if _is_number(v):
-            xs.append(r["epoch"])
+            xs.append(r.get(_X, r["epoch"]))
             ys.append(float(v) * scale)
     return xs, ys
+
+
+def _with_x(rows: list[dict[str, Any]], x: str, where: str) -> list[dict[str, Any]]:
+    """Copies of ``rows`` (sorted by epoch) with their horizontal coordinate under ``_X``.
+
+    ``x="time"``: the cumulative training time, the running sum of the ``time`` column.
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
+    rows = sorted(rows, key=lambda r: r["epoch"])
+    out, elapsed = [], 0.0
+    for r in rows:
+        if x == "time":
+            t = r.get("time")
+            if not _is_number(t):
+                raise ValueError(
+                    f"{where}: epoch {r['epoch']} has no training 'time': x='time' needs the "
+                    "per-epoch times written by train_network; use x='epoch'"
+                )
+            elapsed += float(t)
+        out.append({**r, _X: elapsed if x == "time" else r["epoch"]})
+    return out
 
 
 def _draw(
@@ -200,12 +240,96 @@ def _title(config: dict[str, Any]) -> str:
     return "\n".join(textwrap.wrap(head, 110))
 
 
+def _run_label(config: dict[str, Any], index: int) -> str:
+    """``"Adam (lr=0.001)"`` from a run's config; ``"run i"`` without an optimiser."""
+    opt = config.get("optimizer")
+    if not opt:
+        return f"run {index + 1}"
+    kw = config.get("optimizer_kwargs") or {}
+    lr = kw.get("lr")
+    return f"{opt} (lr={lr:g})" if _is_number(lr) else str(opt)
+
+
+def _metric_rows(rows: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], str]:
+    """Rows with the metric under its own key (errors derived from accuracies)."""
+    if metric in _ERRORS:
+        column = _ERRORS[metric][0]
+        return [
+            {**r, metric: 1.0 - r[column]} if _is_number(r.get(column)) else r for r in rows
+        ], metric
+    return rows, metric
+
+
+def _plot_runs(
+    sources: list[Any],
+    labels: list[str] | None,
+    *,
+    x: str,
+    metric: str,
+    ax: Axes | None,
+    title: str | None,
+    log_y: bool | None,
+) -> Figure:
+    """One curve of ``metric`` per run against ``x`` on one axes (the Figure 1 comparison)."""
+    if not sources:
+        raise ValueError("plot_training needs at least one run")
+    if labels is not None and len(labels) != len(sources):
+        raise ValueError(f"{len(labels)} labels for {len(sources)} runs: give one label per run")
+    if ax is None:
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.get_figure(root=True)
+    percent = metric in _ERRORS or metric.endswith("accuracy")
+    scale = 100.0 if percent else 1.0
+    values: list[float] = []
+    for i, source in enumerate(sources):
+        doc = read_training_stats(source)
+        where = f"run {labels[i] if labels else i + 1}"
+        rows, key = _metric_rows(_with_x(doc["rows"], x, where), metric)
+        xs, ys = _series(rows, key, scale)
+        if not xs:
+            raise ValueError(
+                f"{where} has no numeric {metric!r} values: use one of its columns "
+                f"{doc['columns']} or 'train_error' / 'test_error'"
+            )
+        ax.plot(
+            xs,
+            ys,
+            color=PALETTE[i % len(PALETTE)],
+            linestyle=_STYLES[(i // len(PALETTE)) % len(_STYLES)],
+            marker=_MARKERS[i % len(_MARKERS)] if len(xs) <= 40 else None,
+            markersize=4,
+            linewidth=1.5,
+            label=labels[i] if labels else _run_label(doc["config"], i),
+        )
+        values += ys
+    if log_scale_fits(values) if log_y is None else log_y:
+        ax.set_yscale("log")
+    ylabel = _ERRORS[metric][1] if metric in _ERRORS else metric.replace("_", " ")
+    if percent and metric not in _ERRORS:
+        ylabel += " (%)"
+    ax.set_ylabel(ylabel + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_xlabel(_X_LABELS[x])
+    if x == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", framealpha=0.9)
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
 def plot_training(
     run_dir_or_stats_path: Any,
     *,
     title: str | None = None,
     log_loss: bool | None = None,
     show_weight_norm: bool = True,
+    x: str = "epoch",
+    metric: str | None = None,
+    labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
 ) -> Figure:
     """Loss, accuracy, learning rate (and weight norm) against the epoch, from ``stats.json``.
 
@@ -217,17 +341,53 @@ def plot_training(
 
     Args:
         run_dir_or_stats_path: a run folder, a ``stats.json`` path, its loaded dict, or a
-            ``TrainResult`` (see :func:`read_training_stats`).
+            ``TrainResult`` (see :func:`read_training_stats`); or several of them, as a list or
+            a ``{label: source}`` mapping.
         title: figure title (default: model, data set, optimiser and schedule from the config).
         log_loss: log axis for the loss; default: when the loss values span a decade or more.
         show_weight_norm: add the weight-norm panel when ``weight_l2`` is recorded.
+        x: the horizontal axis: ``"epoch"`` or ``"time"`` (cumulative training time in
+            seconds, the running sum of the ``time`` column; evaluation time not included).
+        metric: comparison mode: draw only this quantity, one curve per run, on one axes:
+            ``"train_error"`` (the default there: ``1 - train_accuracy``, in percent),
+            ``"test_error"`` or any numeric column (``"train_loss"``...).
+        labels: comparison mode: one legend label per run (default: the optimiser and its
+            learning rate from each run's config, or the mapping's keys).
+        ax: comparison mode: draw into this axes (default: a new figure).
+
+    Several runs (a list or tuple of sources, or a ``{label: source}`` mapping: a dict without
+    the keys of a ``stats.json`` document), or ``metric`` or ``ax`` given, select the comparison
+    mode; ``title`` is then the axes' title and ``log_loss`` the choice of a log axis for the
+    metric.
 
     Returns:
-        The :class:`matplotlib.figure.Figure` (one axes per panel, in the order above).
+        The :class:`matplotlib.figure.Figure` (one axes per panel, in the order above; in the
+        comparison mode the figure holding the one axes).
+
+    Raises:
+        ValueError: an unknown ``x``; ``x="time"`` for a run without per-epoch times; a metric
+            a run does not have; a number of labels that does not match the runs.
     """
-    doc = read_training_stats(run_dir_or_stats_path)
-    rows, config = doc["rows"], doc["config"]
-    rows = sorted(rows, key=lambda r: r["epoch"])
+    src = run_dir_or_stats_path
+    runs_map = isinstance(src, Mapping) and not any(k in src for k in _STATS_KEYS)
+    if isinstance(src, (list, tuple)) or runs_map or metric is not None or ax is not None:
+        if runs_map:
+            labels = list(src) if labels is None else labels
+            sources = list(src.values())
+        else:
+            sources = list(src) if isinstance(src, (list, tuple)) else [src]
+        return _plot_runs(
+            sources,
+            None if labels is None else [str(label) for label in labels],
+            x=x,
+            metric=metric or "train_error",
+            ax=ax,
+            title=title,
+            log_y=log_loss,
+        )
+    doc = read_training_stats(src)
+    config = doc["config"]
+    rows = _with_x(doc["rows"], x, "the statistics")
     present = {k for r in rows for k, v in r.items() if _is_number(v)}
 
     panels: list[tuple[str, tuple, float]] = []
@@ -257,6 +417,11 @@ def plot_training(
     swa_start = config.get("swa_start") if config.get("swa") else None
     if not _is_number(swa_start):
         swa_start = None
+    # the SWA line at the start epoch's coordinate (with x="time": the time when it is reached)
+    swa_x = None
+    if swa_start is not None:
+        swa_x = next((r[_X] for r in rows if r["epoch"] == swa_start), None)
+        swa_x = swa_start if x == "epoch" else swa_x
     for ax, (kind, specs, scale) in zip(axes, panels, strict=True):
         drawn = _draw(ax, rows, specs, scale)
         values = [v for ys in drawn for v in ys]
@@ -284,22 +449,23 @@ def plot_training(
         else:
             ax.set_ylabel("weight norm ‖w‖₂")
             ax.set_title("Weight L2 norm")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(_X_LABELS[x])
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        if swa_start is not None:
+        if swa_x is not None:
             ax.axvline(
-                swa_start,
+                swa_x,
                 color=OKABE_ITO["bluish_green"],
                 linestyle=":",
                 linewidth=1.2,
                 label=f"SWA from epoch {swa_start}",
             )
-        if kind != "norm" and (kind != "lr" or swa_start is not None):
+        if kind != "norm" and (kind != "lr" or swa_x is not None):
             ax.legend(fontsize="small", framealpha=0.9)
-    epochs = np.array([r["epoch"] for r in rows], dtype=float)
-    pad = 0.3 if epochs.size == 1 else 0.03 * (epochs.max() - epochs.min())
-    for ax in axes[:n]:
-        ax.set_xlim(epochs.min() - pad, epochs.max() + pad)
+    xs = np.array([r[_X] for r in rows], dtype=float)
+    pad = 0.03 * (xs.max() - xs.min()) or (0.3 if x == "epoch" else 0.05 * max(xs.max(), 1.0))
+    for panel in axes[:n]:
+        panel.set_xlim(xs.min() - pad, xs.max() + pad)
     fig.suptitle(_title(config) if title is None else title)
     return fig
