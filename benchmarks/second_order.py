@@ -10,9 +10,10 @@ Run ``python benchmarks/second_order.py`` (``--quick`` for a fast check). Prints
   the damping (one column at a time, one pass per product). Reported: operator columns, data
   passes, wall time and the true relative residual each reached. Variants interleaved per repeat;
   medians and spread, after one untimed warm-up of each.
-* **Optimiser steps.** One step of ``LanczosNewton`` (k = 10, 20 Lanczos steps) and
-  ``LanczosGGN`` (k = 20) on a batch of 128 digits (the registry's MLP), in units of an SGD step
-  (forward, backward, update); per Lanczos step: (step - SGD step) / k, in SGD steps.
+* **Optimiser steps.** One step of ``LanczosNewton`` and ``LanczosGGN`` (k = 10, 20 Lanczos steps)
+  on a batch of 128, in units of an SGD step (forward, backward, update; about one gradient); per
+  Lanczos step: (step - SGD step) / k, in SGD steps. Two setups: the registry's MLP on digits and
+  the CNN with batch norm of ``benchmarks/hvp.py`` (3x32x32 inputs, about 95k parameters).
 * **M-FAC.** One ``mfac_inverse`` product (``P = 1e6``, m = 32, float32) in units of the m
   gradient-vector dot products ``G @ v`` it generalises (a product reads ``G`` twice).
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,21 +150,36 @@ def _step_seconds(model: nn.Module, opt: torch.optim.Optimizer, x, y, repeats: i
     return statistics.median(times[1:])
 
 
-def bench_steps(repeats: int) -> dict:
-    """Seconds per optimiser step (batch 128, digits MLP) in units of an SGD step."""
-    bundle = dc.load_data("digits", batch_size=128, augment=False, shuffle_train=False)
-    x, y = next(iter(bundle.train_loader))
+def _step_setup(name: str) -> tuple[Callable[[], nn.Module], torch.Tensor, torch.Tensor]:
+    """A model factory and one batch of 128: the digits MLP, or the CNN with BN of hvp.py."""
+    if name == "mlp-digits":
+        bundle = dc.load_data("digits", batch_size=128, augment=False, shuffle_train=False)
+        x, y = next(iter(bundle.train_loader))
+        return lambda: dc.get_model("mlp", num_classes=10, in_channels=1, input_size=8), x, y
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from hvp import cnn
+
+    g = torch.Generator().manual_seed(0)
+    return cnn, torch.randn(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g)
+
+
+def bench_steps(setup: str, repeats: int, steps: int) -> dict:
+    """Seconds per optimiser step (batch 128) in SGD steps; variants interleaved A B C C B A."""
+    factory, x, y = _step_setup(setup)
     variants = {"SGD": {}, "LanczosNewton k=10": {"lanczos_steps": 10},
                 "LanczosNewton k=20": {"lanczos_steps": 20},
+                "LanczosGGN k=10": {"lanczos_steps": 10},
                 "LanczosGGN k=20": {"lanczos_steps": 20}}  # fmt: skip
     secs: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(repeats):
         names = list(variants) if r % 2 == 0 else list(variants)[::-1]
         for name in names:
             torch.manual_seed(0)
-            model = dc.get_model("mlp", num_classes=10, in_channels=1, input_size=8)
+            model = factory()
             opt = dc.build_optimizer(name.split()[0], model, **variants[name])
-            secs[name].append(_step_seconds(model, opt, x, y, 3))
+            secs[name].append(_step_seconds(model, opt, x, y, steps))
             if hasattr(opt, "remove_hooks"):
                 opt.remove_hooks()
     sgd = statistics.median(secs["SGD"])
@@ -171,7 +188,12 @@ def bench_steps(repeats: int) -> dict:
         k = variants[name].get("lanczos_steps")
         med = statistics.median(ts)
         per = (med - sgd) / sgd / k if k else None
-        out[name] = {"seconds": med, "sgd_steps": med / sgd, "sgd_steps_per_lanczos_step": per}
+        out[name] = {
+            "seconds": med,
+            "seconds_range": [min(ts), max(ts)],
+            "sgd_steps": med / sgd,
+            "sgd_steps_per_lanczos_step": per,
+        }
     return out
 
 
@@ -183,7 +205,10 @@ def main() -> None:
     repeats = 2 if args.quick else 5
     solve = bench_solve(repeats, 200 if args.quick else 600)
     mfac = bench_mfac(3 if args.quick else 9, 100_000 if args.quick else 1_000_000, 32)
-    steps = bench_steps(2 if args.quick else 7)
+    steps = {
+        "mlp-digits": bench_steps("mlp-digits", 2 if args.quick else 7, 3),
+        "cnn-bn": bench_steps("cnn-bn", 1 if args.quick else 5, 1 if args.quick else 2),
+    }
     from rich.console import Console
     from rich.table import Table
 
@@ -205,11 +230,17 @@ def main() -> None:
         f"M-FAC product (P={mfac['P']:,}, m={mfac['m']}): {mfac['product_seconds'] * 1e3:.2f} ms = "
         f"{mfac['ratio']:.2f} x the m dot products ({lo:.2f}-{hi:.2f})"
     )
-    for name, st in steps.items():
-        per = st["sgd_steps_per_lanczos_step"]
-        extra = f", {per:.2f} SGD steps per Lanczos step" if per is not None else ""
-        console.print(f"{name}: {st['seconds'] * 1e3:.2f} ms per step = {st['sgd_steps']:.1f} SGD "
-                      f"steps{extra}")  # fmt: skip
+    table = Table(title="optimiser steps, batch 128, in SGD steps (forward, backward, update)")
+    for col in ("setup", "optimiser", "ms (median)", "spread", "SGD steps", "per Lanczos step"):
+        table.add_column(col, justify="right")
+    for setup, rows in steps.items():
+        for name, st in rows.items():
+            per = st["sgd_steps_per_lanczos_step"]
+            lo, hi = st["seconds_range"]
+            table.add_row(setup, name, f"{st['seconds'] * 1e3:.1f}",
+                          f"{lo * 1e3:.1f}-{hi * 1e3:.1f}", f"{st['sgd_steps']:.1f}",
+                          "" if per is None else f"{per:.2f}")  # fmt: skip
+    console.print(table)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("second_order-quick.json" if args.quick else "second_order.json")
     doc = {"benchmark": "second_order", "quick": args.quick, "torch": torch.__version__,
