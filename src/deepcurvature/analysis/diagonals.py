@@ -22,6 +22,12 @@ with a summary and the paper's overlay plot).
 Per-sample methods (the exact GGN, the Monte Carlo and empirical Fisher diagonals) evaluate the
 model on one sample at a time under ``torch.func.vmap``; they need a loss that is a sum over
 samples (every mean-reduced loss) and batch norm in ``bn_mode="eval"``.
+
+In a ``torch.distributed`` process group (``torchrun``) each rank passes its own shard of the data:
+the per-sample methods sum their squares over the shard and reduce the sums and the sample count
+with one all-reduce, so every rank returns the diagonal of the union of the shards (a failing rank
+makes every rank raise); :func:`hessian_diagonal` and :func:`hutchinson_diagonal` are built on the
+operators' products, which are reduced already.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from ..linalg.probes import resolve_seed
 from ..linalg.trace import diagonal as stochastic_diagonal
 from ..operators.base import CurvatureOperator
 from ..operators.batches import Batch
+from ..operators.distributed import all_reduce_sum, reduce_pass
+from ..operators.fisher import _rank_seed
 from ..progress import ProgressBar
 from .loss_stats import group_parameters
 
@@ -264,25 +272,49 @@ def _squares_pass(
     verbose: bool,
     chunk: int,
     cotangents: Callable[[torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor]],
+    rows: int,
+    *,
+    collapse: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """One pass over the data: ``sum_b`` of :func:`_per_sample_squares`, ``((S, P), N)``.
+    """One pass over the data: ``sum_b`` of :func:`_per_sample_squares`, ``((rows, P), N)``.
 
     ``cotangents(output, batch) -> (W, weights)`` gives the ``(S, n_b, *out)`` output-space
-    vectors and their ``(S, n_b)`` weights from the batch's output (computed without a graph).
+    vectors and their ``(S, n_b)`` weights from the batch's output (computed without a graph);
+    ``collapse`` sums the ``S`` rows of every batch (``rows = 1``), else ``S = rows``.
+
+    In a ``torch.distributed`` process group (the operator's ``ranks``) this rank's sums over its
+    shard and its sample count are summed over the ranks with one all-reduce
+    (:func:`~deepcurvature.operators.distributed.reduce_pass`): the result is that of one process
+    on the union of the shards. A rank whose pass fails still joins the all-reduce, so every
+    rank raises (the failing rank its own error, the others one naming it).
     """
     state, fixed = op.functional_state()
-    acc: torch.Tensor | None = None
+    acc = torch.zeros((rows, op.num_params), dtype=torch.float64, device=op.device)
     n_total = 0
-    with op.evaluation_mode(), _bar(op, label, verbose) as bar:
-        for batch in op.source:
-            with torch.no_grad():
-                out = op.batch_output(state, fixed, batch)
-            W, weights = cotangents(out, batch)
-            part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
-            acc = part if acc is None else acc.add_(part)
-            n_total += batch.n
-            bar.advance()
-    assert acc is not None  # the operator's batch source refuses an empty data set
+    failure: Exception | None = None
+    quiet = op.ranks is not None and op.ranks.rank != 0  # one progress bar: rank 0's
+    try:
+        with op.evaluation_mode(), _bar(op, label, verbose and not quiet) as bar:
+            for batch in op.source:
+                with torch.no_grad():
+                    out = op.batch_output(state, fixed, batch)
+                W, weights = cotangents(out, batch)
+                part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
+                acc.add_(part.sum(0, keepdim=True) if collapse else part)
+                n_total += batch.n
+                bar.advance()
+        if not bool(torch.isfinite(acc).all()):
+            raise FloatingPointError(
+                f"the {label} is not finite (a non-finite output or loss in the data); check the "
+                "data and the model's outputs"
+            )
+    except Exception as exc:
+        if op.ranks is None:
+            raise
+        failure = exc
+    if op.ranks is not None:
+        acc, counts = reduce_pass(op.ranks, acc, n_total, failure, label)
+        n_total = sum(counts)
     return acc, n_total
 
 
@@ -393,8 +425,10 @@ def ggn_diagonal(
         lam, Q = torch.linalg.eigh(blocks)  # (n, D), (n, D, D)
         return Q.permute(2, 0, 1).reshape(D, n, *out.shape[1:]).to(out.dtype), lam.T
 
-    acc, n_total = _squares_pass(op, "GGN diagonal", verbose, sample_chunk, eigenvectors)
-    acc = acc.sum(0)
+    acc, n_total = _squares_pass(
+        op, "GGN diagonal", verbose, sample_chunk, eigenvectors, 1, collapse=True
+    )
+    acc = acc[0]
     return _result(
         op,
         (acc / n_total).to(op.dtype),
@@ -445,7 +479,10 @@ def mc_ggn_diagonal(
         device: evaluation device; default the model's.
         mc_samples: ``S``, targets drawn per sample.
         seed: seed of the sampled targets (a generator on the evaluation device); fresh when
-            ``None`` (recorded in ``metadata``).
+            ``None`` (recorded in ``metadata``). In a process group rank 0's seed is used and
+            each rank draws the targets of its own samples from its own stream (the seed mixed
+            with the rank, as :func:`deepcurvature.fisher` with ``kind="mc"`` does), so the
+            result is the diagonal of that operator built with the same seed on the same shards.
         sample_chunk: samples evaluated together.
         verbose: progress bar over the batches.
 
@@ -460,14 +497,20 @@ def mc_ggn_diagonal(
     )
     op.objective.check_mc()
     used_seed = resolve_seed(seed)
-    generator = torch.Generator(device=op.device).manual_seed(used_seed)
+    if op.ranks is not None:  # rank 0's seed; every rank draws its own stream for its samples
+        if seed is None:
+            used_seed = _rank0_seed(used_seed, op)
+        stream = _rank_seed(used_seed, op.ranks.rank)
+    else:
+        stream = used_seed
+    generator = torch.Generator(device=op.device).manual_seed(stream)
 
     def sampled(out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         drawn = op.objective.draw_samples(out, batch.targets, S, generator)
         R = op.objective.mc_factors(out, batch.targets, drawn)  # (S, n, *out)
         return R, torch.full((S, batch.n), float(batch.n), dtype=torch.float64, device=op.device)
 
-    acc, n_total = _squares_pass(op, "MC GGN diagonal", verbose, sample_chunk, sampled)
+    acc, n_total = _squares_pass(op, "MC GGN diagonal", verbose, sample_chunk, sampled, S)
     replicas = acc / n_total  # (S, P): one estimate per Monte Carlo sample
     value = replicas.mean(0)
     se = (
@@ -484,6 +527,13 @@ def mc_ggn_diagonal(
         per_sample_vjps=n_total * S,
         data_passes=1,
     )
+
+
+def _rank0_seed(seed: int, op: CurvatureOperator) -> int:
+    """Rank 0's ``seed`` on every rank (one all-reduce; only for ``seed=None``)."""
+    assert op.ranks is not None
+    buf = torch.tensor([seed if op.ranks.rank == 0 else 0], dtype=torch.int64, device=op.device)
+    return int(all_reduce_sum(buf).item())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -533,7 +583,9 @@ def empirical_fisher_diagonal(
         G = op.objective.output_gradient(out, batch.targets).mul(batch.n)  # per-sample l_i
         return G.unsqueeze(0), torch.ones((1, batch.n), dtype=torch.float64, device=op.device)
 
-    acc, n_total = _squares_pass(op, "empirical Fisher diagonal", verbose, sample_chunk, gradients)
+    acc, n_total = _squares_pass(
+        op, "empirical Fisher diagonal", verbose, sample_chunk, gradients, 1
+    )
     acc = acc[0]
     return _result(
         op,

@@ -18,6 +18,7 @@ from .failures import (
     install_signal_handlers,
     install_warning_format,
 )
+from .launch import failure_lines, process_group, wait_for_all
 
 __all__ = ["build_parser", "main"]
 
@@ -81,14 +82,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers()
     install_warning_format(args.command)
     try:
-        return int(args._run(args) or 0)
+        with process_group(args):  # under torchrun only (module docstring of ``launch``)
+            try:
+                status = int(args._run(args) or 0)
+                wait_for_all()
+                return status
+            except (SystemExit, GeneratorExit):
+                raise
+            except BaseException as exc:  # one line for every failure; traceback with --debug
+                return _report(args, exc)
     except (SystemExit, GeneratorExit):
         raise
-    except BaseException as exc:  # one line for every failure; the traceback with --debug
-        if _debug_wanted(args):
-            traceback.print_exc()
-        print(failure_line(args.command, exc), file=sys.stderr, flush=True)
-        return exit_status(exc)
+    except BaseException as exc:  # the process group could not be set up
+        return _report(args, exc)
+
+
+def _report(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print the one line of ``exc`` (naming the rank in a process group); its exit status."""
+    if _debug_wanted(args):
+        traceback.print_exc()
+    line, status = failure_lines(failure_line(args.command, exc), exit_status(exc), exc)
+    print(line, file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

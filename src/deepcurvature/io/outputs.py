@@ -11,6 +11,9 @@ An :class:`OutputFolder` is where one run writes its results:
   exist when the folder was claimed, their atomic-write temporaries, and the folders it created
   (the run folder and the parents it had to make), each only once it is empty. It never removes a
   file it did not write and never removes a folder recursively.
+
+In a data-parallel run (``torchrun``) only rank 0 claims the folder; the other ranks hold an
+:meth:`OutputFolder.follow` of the path rank 0 chose, which never writes or removes anything.
 """
 
 from __future__ import annotations
@@ -97,13 +100,22 @@ class OutputFolder:
         outputs: glob patterns, relative to the folder, of every file the run may write
             (``"spectrum.npz"``, ``"train/checkpoint-*.pt"``).
         created: the folders made for this run (the run folder and new parents).
+        owned: whether this process claimed the folder (``False``: :meth:`follow`).
     """
 
-    def __init__(self, path: Path, outputs: Sequence[str], created: Sequence[Path]) -> None:
+    def __init__(
+        self, path: Path, outputs: Sequence[str], created: Sequence[Path], *, owned: bool = True
+    ) -> None:
         self.path = Path(path)
         self.outputs = list(outputs)
         self.created = list(created)
-        self._before = {p: _identity(p) for p in self._now()}
+        self.owned = owned
+        self._before = {p: _identity(p) for p in self._now()} if owned else {}
+
+    @classmethod
+    def follow(cls, path: str | os.PathLike, outputs: Sequence[str]) -> OutputFolder:
+        """The folder another process (rank 0) claimed: nothing is made, checked or removed."""
+        return cls(Path(path), outputs, (), owned=False)
 
     @classmethod
     def claim(
@@ -169,7 +181,9 @@ class OutputFolder:
         ``checkpoint-00010.pt`` beside a new 5-epoch run), which would otherwise be mistaken for
         this run's.
         """
-        removed = []
+        removed: list[Path] = []
+        if not self.owned:
+            return removed
         for p in self.stale():
             try:
                 p.unlink()
@@ -180,6 +194,8 @@ class OutputFolder:
 
     def cleanup(self) -> None:
         """Remove what this run made (files first, then its folders once empty); never more."""
+        if not self.owned:
+            return
         for p in sorted(self.written(), key=lambda q: len(q.parts), reverse=True):
             try:
                 if p.is_dir() and not p.is_symlink():

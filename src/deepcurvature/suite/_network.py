@@ -16,9 +16,11 @@ __all__ = [
     "build_network",
     "check_memory",
     "evaluation_data",
+    "rank_shard",
     "recorded_path",
     "selected_size",
     "stored_path",
+    "writes_files",
 ]
 
 
@@ -65,6 +67,31 @@ def evaluation_data(
         seed=0 if subsample_seed is None else subsample_seed,
         download=download,
     )
+
+
+def rank_shard(loader: Any) -> Any:
+    """This rank's exact shard of an (unshuffled) evaluation loader in a process group.
+
+    Outside a ``torch.distributed`` process group the loader itself. Inside one, the workflows
+    read the *whole* data set on every rank and keep a contiguous shard of it (no padding, see
+    :mod:`deepcurvature.data.sharding`), so that the ranks' shards together are the data set
+    once and the result equals the single-process one.
+    """
+    from ..data.sharding import shard_loader
+    from ..operators.distributed import current_ranks
+
+    ranks = current_ranks()
+    if ranks is None or loader is None or ranks.world_size == 1:
+        return loader
+    return shard_loader(loader, ranks.rank, ranks.world_size)
+
+
+def writes_files() -> bool:
+    """Whether this process writes results: outside a process group, or as its rank 0."""
+    from ..operators.distributed import current_ranks
+
+    ranks = current_ranks()
+    return ranks is None or ranks.rank == 0
 
 
 def build_network(

@@ -14,8 +14,10 @@ from ._network import (
     build_network,
     check_memory,
     evaluation_data,
+    rank_shard,
     selected_size,
     stored_path,
+    writes_files,
 )
 
 __all__ = [
@@ -109,6 +111,10 @@ def compute_eigenspectrum(
         download: allow downloading a missing data set (torchvision).
         verbose: progress bars.
 
+    In a ``torch.distributed`` process group (``torchrun``) every rank loads the whole data set
+    and evaluates its contiguous shard (the products are summed over the ranks), every rank
+    returns the same result, and only rank 0 writes it and shows progress.
+
     Returns:
         The :class:`SpectrumResult` (also written to ``save_spectrum_path``).
     """
@@ -144,13 +150,13 @@ def compute_eigenspectrum(
     res = spectrum(
         net,
         loss_fn or nn.CrossEntropyLoss(),
-        bundle.train_loader,
+        rank_shard(bundle.train_loader),  # in a process group: this rank's shard
         matrix=matrix,
         steps=lanczos_iters,
         probes=probes,
         seed=seed,
         store_vectors=save_eigvec,
-        verbose=verbose,
+        verbose=verbose and writes_files(),
         params=params,
         bn_mode="train" if bn_train_mode else "eval",
         dtype=dtype,
@@ -171,6 +177,6 @@ def compute_eigenspectrum(
             "weight_decay": weight_decay,
         },
     )
-    if save_spectrum_path is not None:
+    if save_spectrum_path is not None and writes_files():  # rank 0 only in a process group
         res.save(Path(save_spectrum_path))
     return res

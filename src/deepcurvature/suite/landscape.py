@@ -11,7 +11,14 @@ from torch import nn
 
 from ..analysis.landscape import LandscapeResult, loss_landscape
 from ..analysis.spectrum import SpectrumResult
-from ._network import build_network, evaluation_data, recorded_path, stored_path
+from ._network import (
+    build_network,
+    evaluation_data,
+    rank_shard,
+    recorded_path,
+    stored_path,
+    writes_files,
+)
 from .eigenspectrum import resolve_device
 
 __all__ = ["build_loss_landscape"]
@@ -99,6 +106,9 @@ def build_loss_landscape(
         download: allow downloading a missing data set.
         verbose: progress bars.
 
+    In a ``torch.distributed`` process group every rank loads the whole data set and passes its
+    contiguous shard to :func:`deepcurvature.loss_landscape`; only rank 0 writes ``save_path``.
+
     Returns:
         The :class:`LandscapeResult` (also written to ``save_path``).
     """
@@ -154,8 +164,8 @@ def build_loss_landscape(
     result = loss_landscape(
         net,
         loss_fn or nn.CrossEntropyLoss(),
-        bundle.train_loader,
-        bundle.test_loader,
+        rank_shard(bundle.train_loader),  # in a process group: this rank's shard
+        rank_shard(bundle.test_loader),
         directions=directions,
         plane=plane,
         spectrum=spectrum,
@@ -169,7 +179,7 @@ def build_loss_landscape(
         seed=seed,
         dtype=dtype,
         device=dev,
-        verbose=verbose,
+        verbose=verbose and writes_files(),
         config={
             "model": model_name,
             "model_kwargs": model_kwargs or {},
@@ -185,6 +195,6 @@ def build_loss_landscape(
             "subsample_seed": subsample_seed,
         },
     )
-    if save_path is not None:
+    if save_path is not None and writes_files():  # rank 0 only in a process group
         result.save(Path(save_path))
     return result

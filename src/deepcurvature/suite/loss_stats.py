@@ -33,7 +33,14 @@ from ..analysis.loss_stats import LossStats, loss_stats
 from ..io import atomic_write_text
 from ..io.results import json_default
 from ..linalg.probes import resolve_seed
-from ._network import check_memory, evaluation_data, selected_size, stored_path
+from ._network import (
+    check_memory,
+    evaluation_data,
+    rank_shard,
+    selected_size,
+    stored_path,
+    writes_files,
+)
 from .eigenspectrum import resolve_device
 
 __all__ = ["LOSS_STATS_FORMAT", "compute_loss_stats", "read_loss_stats", "resolve_checkpoints"]
@@ -229,6 +236,11 @@ def compute_loss_stats(
         download: allow downloading a missing data set.
         verbose: progress bars.
 
+    In a ``torch.distributed`` process group every rank loads the whole data set: the training
+    mini-batches are dealt to the ranks by :func:`deepcurvature.loss_stats` and the test set is
+    split into contiguous shards; every rank returns the single-process result and only rank 0
+    writes ``save_path``.
+
     Returns:
         The :class:`LossStats` of each checkpoint (``config["epoch"]``, ``config["checkpoint"]``).
 
@@ -332,7 +344,7 @@ def compute_loss_stats(
             params=params,
             per_layer=per_layer,
             bn_mode="train" if bn_train_mode else "eval",
-            test_data=bundle.test_loader,
+            test_data=rank_shard(bundle.test_loader),  # a loader is each rank's shard
             dtype=dtype,
             device=dev,
             verbose=verbose,
@@ -340,6 +352,6 @@ def compute_loss_stats(
         st.config["epoch"] = _epoch_of(ckpt, path)
         st.config["checkpoint"] = stored_path(path)
         results.append(st)
-        if out_path is not None:
+        if out_path is not None and writes_files():  # rank 0 only in a process group
             _write(out_path, config, results, complete=len(results) == len(checkpoints))
     return results

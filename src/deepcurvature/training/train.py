@@ -44,6 +44,16 @@ from ..optim import (
 )
 from ..progress import ProgressBar
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .data_parallel import (
+    check_optimizer_data_parallel,
+    data_parallel_loaders,
+    evaluate_sharded,
+    reduce_epoch,
+    set_epoch,
+    training_ranks,
+    wait_for_rank0,
+    wrap_model,
+)
 from .rng import get_rng_state, loader_generators, set_rng_state
 from .run_folder import (
     check_run_dir,
@@ -66,6 +76,7 @@ from .setup import (
     seed_everything,
 )
 from .stats import StatsLog, evaluate, loss_growth_warning, weight_norms
+from .summary import print_summary
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train_network"]
 
@@ -204,6 +215,7 @@ def _evaluate_all(
     loss_fn: Callable,
     dev: torch.device,
     bn: bool,
+    evaluate: Callable[..., dict[str, Any]] = evaluate,
 ) -> dict[str, Any]:
     """Test statistics of the iterate, and of the SWA / Gadam averages when they exist."""
     train_loader, test_loader = loaders
@@ -233,43 +245,6 @@ def _evaluate_all(
         )
     row["eval_time"] = time.perf_counter() - t0
     return row
-
-
-def _print_summary(
-    rows: list[dict[str, Any]], title: str, notes: list[dict[str, Any]] | None = None
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def fmt(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
-    caption = None
-    if notes:
-        title += " (WARNING: see below)"
-        caption = "\n".join(f"warning (epoch {w['epoch']}): {w['message']}" for w in notes)
-    table = Table(title=title, caption=caption, caption_style="bold yellow")
-    cols = [
-        ("epoch", "epoch", "d"),
-        ("lr", "lr", ".3g"),
-        ("train loss", "train_loss", ".4f"),
-        ("train acc", "train_accuracy", ".4f"),
-        ("test loss", "test_loss", ".4f"),
-        ("test acc", "test_accuracy", ".4f"),
-    ]
-    if any(r.get("swa_test_accuracy") is not None for r in rows):
-        cols.append(("SWA test acc", "swa_test_accuracy", ".4f"))
-    if any(r.get("avg_test_accuracy") is not None for r in rows):
-        cols.append(("avg test acc", "avg_test_accuracy", ".4f"))
-    cols.append(("time (s)", "time", ".2f"))
-    for head, _, _ in cols:
-        table.add_column(head, justify="right")
-    shown = rows if len(rows) <= 12 else rows[:2] + rows[-10:]
-    for i, r in enumerate(shown):
-        if len(rows) > 12 and i == 2:
-            table.add_row(*["..."] * len(cols))
-        table.add_row(*[fmt(r.get(key), spec) for _, key, spec in cols])
-    Console().print(table)
 
 
 def train_network(
@@ -361,6 +336,11 @@ def train_network(
         RuntimeWarning: an epoch's mean training loss above ``LOSS_GROWTH_FACTOR`` (100) times
             the initial loss (also recorded in ``stats.json``'s ``warnings``).
 
+    Inside a ``torch.distributed`` process group (``torchrun``) the model is trained with
+    ``DistributedDataParallel``, ``batch_size`` is the global batch split over the processes,
+    and only rank 0 writes ``dir`` and prints; every rank returns the same result once rank 0's
+    files are written (see :mod:`deepcurvature.training.data_parallel`).
+
     A call that fails (any exception, ``KeyboardInterrupt`` included) before writing a
     checkpoint beyond the epoch it started from removes the files it created (``stats.json``,
     ``checkpoint-00000.pt``, temporaries) and the folders it created, if then empty; files that
@@ -388,7 +368,10 @@ def train_network(
     check_optimizer(optimizer, optimizer_kwargs)
     start_epoch = int(resume_ckpt["epoch"]) if resume_ckpt is not None else 0
     run_dir = Path(dir) if dir is not None else None
-    if run_dir is not None:
+    ranks = training_ranks()  # a torchrun process group: see .data_parallel
+    writer = ranks is None or ranks.rank == 0  # only rank 0 writes files and prints
+    verbose = verbose and writer
+    if run_dir is not None and writer:
         check_run_dir(run_dir, resume, start_epoch, overwrite)
     if seed is None and resume_ckpt is not None:
         seed = (resume_ckpt.get("config") or {}).get("seed")
@@ -413,6 +396,8 @@ def train_network(
         ),
     )
     train_loader, test_loader = data["train_loader"], data["test_loader"]
+    if ranks is not None:
+        train_loader, test_loader = data_parallel_loaders(train_loader, test_loader, ranks, seed)
     loaders = (train_loader, test_loader)
     n_batches = len(train_loader)
     net, model_name = resolve_model(model, model_kwargs, data)
@@ -420,6 +405,8 @@ def train_network(
     swa_model = AveragedModel(net) if swa else None  # before the optimizer adds any hooks
     opt, opt_name = resolve_optimizer(optimizer, net, optimizer_kwargs)
     try:
+        if ranks is not None:
+            check_optimizer_data_parallel(opt, opt_name)
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
         lr0 = float(opt.param_groups[0]["initial_lr"])
@@ -470,6 +457,8 @@ def train_network(
                 "deepcurvature_version": __version__,
             }
         )
+        if ranks is not None:
+            config["data_parallel"] = {"world_size": ranks.world_size, "backend": ranks.backend}
         check_config(config)
 
         rows: list[dict[str, Any]] = []
@@ -487,7 +476,7 @@ def train_network(
             if swa_model is not None and resume_ckpt.get("swa_state"):
                 swa_model.load_state_dict(resume_ckpt["swa_state"])
         log = StatsLog(
-            run_dir / "stats.json" if run_dir else None,
+            run_dir / "stats.json" if run_dir and writer else None,
             config,
             rows,
             warnings=notes,
@@ -496,6 +485,8 @@ def train_network(
         gens = loader_generators(train_loader)
         if resume_ckpt is not None:
             set_rng_state(resume_ckpt["rng"], gens)
+        trained = wrap_model(net, dev) if ranks is not None else net  # DDP: rank 0's weights
+        evaluator = evaluate_sharded(dev) if ranks is not None else evaluate
     except BaseException:
         _remove_hooks(opt)
         raise
@@ -503,13 +494,17 @@ def train_network(
     # ------------------------------------------------------------------ writing starts here
     written: list[Path] = []
     saved: list[int] = []  # their epochs
-    created = missing_folders(run_dir) if run_dir is not None else []
+    created = missing_folders(run_dir) if run_dir is not None and writer else []
     before: set[str] = set()  # the names in the run folder before this call wrote anything
-    if run_dir is not None and run_dir.is_dir():
+    if run_dir is not None and writer and run_dir.is_dir():
         before = {p.name for p in run_dir.iterdir()}
 
     def save(epoch: int) -> None:
         if run_dir is None:
+            return
+        if not writer:  # the other ranks list the checkpoints rank 0 writes
+            written.append(checkpoint_path(run_dir, epoch))
+            saved.append(epoch)
             return
         extra: dict[str, Any] = {
             "rng": get_rng_state(gens),
@@ -538,7 +533,7 @@ def train_network(
 
     bn = has_batchnorm(net)
     try:
-        if run_dir is not None:
+        if run_dir is not None and writer:
             run_dir.mkdir(parents=True, exist_ok=True)
             if verbose:
                 print(f"run folder: {run_dir}", flush=True)
@@ -552,10 +547,15 @@ def train_network(
             if schedule_unit == "iteration" and not (swa and e >= swa_start):
                 per_iter = lambda b, e=e: set_lr(e, b)  # noqa: E731
             t0 = time.perf_counter()
+            set_epoch(train_loader, e)
             try:
                 with ProgressBar(n_batches, f"epoch {e + 1}/{epochs}", verbose) as bar:
                     train_loss, train_acc, first_loss = _train_epoch(
-                        net, train_loader, opt, loss_fn, dev, bar, per_iter, e + 1
+                        trained, train_loader, opt, loss_fn, dev, bar, per_iter, e + 1
+                    )
+                if ranks is not None:  # the means over all ranks' samples
+                    train_loss, train_acc, first_loss = reduce_epoch(
+                        ranks, train_loss, train_acc, first_loss, dev
                     )
                 l2, linf = weight_norms(net)
                 if not (math.isfinite(l2) and math.isfinite(linf)):
@@ -590,7 +590,7 @@ def train_network(
                 "weight_linf": linf,
             }
             if (e + 1) % eval_freq == 0 or e + 1 == epochs:
-                row.update(_evaluate_all(net, swa_model, opt, loaders, loss_fn, dev, bn))
+                row.update(_evaluate_all(net, swa_model, opt, loaders, loss_fn, dev, bn, evaluator))
             if swa_model is not None:
                 row["swa_n_averaged"] = int(swa_model.n_averaged)
             if isinstance(opt, IterateAveraging):
@@ -605,16 +605,18 @@ def train_network(
                 save(e + 1)
     except BaseException:
         # nothing to resume from beyond the starting point: leave the folder as it was found
-        if run_dir is not None and not any(e > start_epoch for e in saved):
+        if run_dir is not None and writer and not any(e > start_epoch for e in saved):
             remove_partial_run(run_dir, created, before, {p.name for p in written})
         raise
     finally:
         _remove_hooks(opt)
+    if ranks is not None:
+        wait_for_rank0()  # every rank returns once rank 0's files are written
     if verbose and log.rows:
         title = f"{model_name} on {data['name']} with {opt_name}"
         if run_dir is not None:
             title += f" -> {run_dir}"
-        _print_summary(log.rows, title, log.warnings)
+        print_summary(log.rows, title, log.warnings)
     return TrainResult(run_dir, net, opt, log.rows, written, config, swa_model, log.warnings)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ...io.outputs import OutputFolder
 from ..errors import CommandError
+from ..launch import claim_on_rank0
 
 __all__ = [
     "BRIEF_TRAINING_FILES",
@@ -47,9 +48,15 @@ def add_output_options(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def claim_output(args: argparse.Namespace, kind: str, outputs: Sequence[str]) -> OutputFolder:
-    """Claim ``--out`` for the files ``outputs`` (see :class:`~deepcurvature.io.OutputFolder`)."""
-    return OutputFolder.claim(
-        args.out, kind=kind, outputs=outputs, overwrite=args.overwrite, fix="pass --overwrite"
+    """Claim ``--out`` for the files ``outputs`` (see :class:`~deepcurvature.io.OutputFolder`).
+
+    Under ``torchrun`` rank 0 claims it and the other ranks follow the path it chose.
+    """
+    return claim_on_rank0(
+        lambda: OutputFolder.claim(
+            args.out, kind=kind, outputs=outputs, overwrite=args.overwrite, fix="pass --overwrite"
+        ),
+        outputs,
     )
 
 

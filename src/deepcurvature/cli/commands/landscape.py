@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import CommandError
+from ..launch import is_rank0
 from ._common import add_output_options, checkpoint_file, claim_output, positive
 
 NAME = "landscape"
@@ -266,10 +267,11 @@ def run(args: argparse.Namespace) -> int:
             download=args.download,
             verbose=not args.quiet,
         )
-        written.append(result.save(out / "landscape"))
-        written.append(out / "landscape.json")
-        written.append(save_figure(plot_loss_landscape(result), out / "landscape.png"))
-        if result.train_accuracy is not None:
+        if is_rank0():  # under torchrun only rank 0 writes
+            written.append(result.save(out / "landscape"))
+            written.append(out / "landscape.json")
+            written.append(save_figure(plot_loss_landscape(result), out / "landscape.png"))
+        if result.train_accuracy is not None and is_rank0():
             fig = plot_loss_landscape(result, metric="accuracy")
             written.append(save_figure(fig, out / "landscape-accuracy.png"))
         if args.overwrite:

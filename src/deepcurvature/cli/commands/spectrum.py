@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..errors import CommandError
+from ..launch import is_rank0
 from ._common import (
     BRIEF_TRAINING_FILES,
     add_brief_training_option,
@@ -141,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.matrix} spectrum of {settings['model']} on {settings['dataset']} "
             f"(m={s['steps']}, probes={s['probes']})"
         )
-        fig = plot_spectrum(result.density, title=title)
-        save_figure(fig, out / "spectrum.png")
+        if is_rank0():  # under torchrun only rank 0 writes
+            save_figure(plot_spectrum(result.density, title=title), out / "spectrum.png")
         if args.overwrite:
             folder.remove_stale()
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...io.outputs import OutputFolder
 from ..errors import CommandError
+from ..launch import claim_on_rank0
 
 NAME = "train"
 HELP = "train a network (checkpoints + per-epoch statistics for curvature analysis)"
@@ -186,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
             opt_kwargs[name] = getattr(args, name)
     # a new default folder is made atomically; the checkpoints are train_network's to manage
     # (a failed run keeps them for --resume), so only folders made here are removed on failure
-    folder = OutputFolder.claim(run_dir, kind="train", outputs=(), overwrite=True)
+    # under torchrun rank 0 makes it and the other ranks follow (train_network writes on rank 0)
+    folder = claim_on_rank0(
+        lambda: OutputFolder.claim(run_dir, kind="train", outputs=(), overwrite=True), ()
+    )
     run_dir = str(folder.path)
     with folder:
         result = train_network(
