@@ -1,5 +1,12 @@
 """Analyses built on the curvature operators: spectra (and, later, statistics and landscapes)."""
 
+from .batch_extremes import (
+    BATCH_MATRICES,
+    BatchExtremesResult,
+    batch_hessian_extremes,
+    draw_batches,
+    fit_batch_law,
+)
 from .diagonals import (
     DiagonalComparison,
     DiagonalResult,
@@ -19,7 +26,23 @@ from .landscape import (
     loss_landscape,
     resolve_directions,
 )
+from .local_statistics import (
+    DEFAULT_TRIM,
+    GOE_MEAN_RATIO,
+    GOE_SURMISE_MEAN_RATIO,
+    MIN_WINDOW,
+    POISSON_MEAN_RATIO,
+    LocalStatistics,
+    goe_ratio_cdf,
+    goe_ratio_density,
+    local_statistics,
+    poisson_ratio_cdf,
+    poisson_ratio_density,
+    select_window,
+    spacing_ratios,
+)
 from .loss_stats import LossStats, group_parameters, layer_of, loss_stats
+from .outliers import OUTLIER_METHODS, OutlierResult, outliers
 from .spectrum import MATRICES, SpectrumResult, curvature_operator, spectrum
 
 __all__ = ["MATRICES", "SpectrumResult", "curvature_operator", "spectrum"]
@@ -45,4 +68,27 @@ __all__ += [
     "layer_of",
     "loss_stats",
     "mc_ggn_diagonal",
+]
+__all__ += [
+    "BATCH_MATRICES",
+    "DEFAULT_TRIM",
+    "GOE_MEAN_RATIO",
+    "GOE_SURMISE_MEAN_RATIO",
+    "MIN_WINDOW",
+    "OUTLIER_METHODS",
+    "POISSON_MEAN_RATIO",
+    "BatchExtremesResult",
+    "LocalStatistics",
+    "OutlierResult",
+    "batch_hessian_extremes",
+    "draw_batches",
+    "fit_batch_law",
+    "goe_ratio_cdf",
+    "goe_ratio_density",
+    "local_statistics",
+    "outliers",
+    "poisson_ratio_cdf",
+    "poisson_ratio_density",
+    "select_window",
+    "spacing_ratios",
 ]

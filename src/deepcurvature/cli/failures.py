@@ -81,6 +81,8 @@ _OPTIONS = {
     "demo": {"steps": "--steps", "sizes": "--sizes", "seed": "--seed"},
     "plot": {"dpi": "--dpi"},
     "report": {"dpi": "--dpi"},
+    "batch-lr": {"batches_per_size": "--batches-per-size", "epochs": "--train-epochs"},
+    "local-stats": {"window": "--window", "trim": "--trim"},
 }
 
 

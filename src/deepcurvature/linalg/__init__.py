@@ -8,6 +8,15 @@ from .density import (
 )
 from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosResult, lanczos, tridiagonal_eigh
+from .logdet import LOGDET_METHODS, LogdetResult, logdet
+from .maxent import (
+    MaxEntError,
+    MaxEntResult,
+    legendre_moments,
+    maxent_density,
+    maxent_from_quadrature,
+    power_to_legendre_moments,
+)
 from .mfac import MFACInverse, MFACWindow, mfac_coefficients, mfac_inverse
 from .operator import (
     CallableOperator,
@@ -56,4 +65,15 @@ __all__ = [
     "solve",
     "trace",
     "tridiagonal_eigh",
+]
+__all__ += [
+    "LOGDET_METHODS",
+    "LogdetResult",
+    "MaxEntError",
+    "MaxEntResult",
+    "legendre_moments",
+    "logdet",
+    "maxent_density",
+    "maxent_from_quadrature",
+    "power_to_legendre_moments",
 ]

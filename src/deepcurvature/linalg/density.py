@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..io.results import load_npz_json, save_npz_json
+from .maxent import MaxEntResult, maxent_from_quadrature
 
 __all__ = [
     "NEGATIVE_MASS_RTOL",
@@ -216,6 +217,52 @@ class SpectralDensity:
         z = (grid[:, None] - self.nodes[None, :]) / sigma
         dens = (np.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))) @ self.weights
         return grid, dens
+
+    def maxent(
+        self,
+        n_moments: int = 10,
+        *,
+        margin: float = 0.01,
+        support: tuple[float, float] | None = None,
+        quadrature_points: int = 512,
+    ) -> MaxEntResult:
+        r"""The maximum-entropy density matching the first ``n_moments`` moments of this one.
+
+        The Legendre moments are computed from the nodes and weights directly
+        (:func:`~deepcurvature.linalg.maxent.maxent_from_quadrature`); with ``m`` Lanczos steps
+        they are exact for the quadrature up to degree ``2m - 1``, so keep ``n_moments < 2m``.
+
+        Args:
+            n_moments: the number ``n`` of moments to match.
+            margin: the support is ``[lambda_min - margin * w, lambda_max + margin * w]`` with
+                ``w = lambda_max - lambda_min`` the spread of the nodes (extreme Ritz values lie
+                inside the spectrum, the density needs room at its edges).
+            support: an explicit ``(a, b)`` instead (it must contain the nodes).
+            quadrature_points: Gauss-Legendre nodes of the fit.
+
+        Returns:
+            A :class:`~deepcurvature.linalg.maxent.MaxEntResult`.
+
+        Raises:
+            MaxEntError: no density has these moments (e.g. too few nodes for ``n_moments``).
+        """
+        if support is None:
+            width = self.lambda_max - self.lambda_min
+            if not width > 0:
+                raise ValueError(
+                    "a maximum-entropy density needs nodes spread over an interval; all nodes "
+                    f"are at {self.lambda_min:.6g} (give support=(a, b))"
+                )
+            if not margin >= 0:
+                raise ValueError(f"margin must be non-negative, got {margin}")
+            support = (self.lambda_min - margin * width, self.lambda_max + margin * width)
+        result = maxent_from_quadrature(
+            self.nodes, self.weights, n_moments, support, quadrature_points=quadrature_points
+        )
+        result.metadata.update(
+            {"dim": self.dim, "margin": margin, "density_metadata": dict(self.metadata)}
+        )
+        return result
 
     # -- summary statistics ---------------------------------------------------------------------
     @property

@@ -12,6 +12,7 @@ from .distributed import DistributedError, process_group_active
 from .fisher import FisherOperator, fisher
 from .ggn import GGNOperator, ggn
 from .hessian import HessianOperator, hessian
+from .input_hessian import InputHessianOperator, input_hessian
 from .losses import SequenceCrossEntropyLoss
 from .params import select_parameters
 
@@ -30,3 +31,4 @@ __all__ = [
     "select_parameters",
     "tune_cpu_allocator",
 ]
+__all__ += ["InputHessianOperator", "input_hessian"]

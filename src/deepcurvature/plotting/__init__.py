@@ -1,7 +1,11 @@
 """Figures of spectra: the paper's stem plot of a spectral density, written atomically."""
 
+from .batch_extremes import plot_batch_extremes
 from .comparison import plot_comparison
 from .landscape import plot_loss_landscape
+from .local_statistics import plot_local_statistics
+from .maxent import plot_maxent
+from .outliers import plot_outliers
 from .spectrum import SPECTRUM_MODES, plot_spectrum, read_spectrum, save_figure
 from .style import OKABE_ITO, PALETTE
 from .training import plot_training, read_training_stats
@@ -18,3 +22,4 @@ __all__ = [
     "read_training_stats",
     "save_figure",
 ]
+__all__ += ["plot_batch_extremes", "plot_local_statistics", "plot_maxent", "plot_outliers"]
