@@ -9,8 +9,6 @@ torch thread; several checks share one spawn to keep the file fast.
 
 from __future__ import annotations
 
-import datetime
-import socket
 import time
 from pathlib import Path
 
@@ -18,65 +16,17 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import deepcurvature as dc
+from _distributed import DT, REL, Counter, FailsLater, N, close, setup, shard_of, spawn, to_batches
 from deepcurvature.operators import distributed as dcdist
 
-DT = torch.float64
 SHARDS = {2: [7, 4], 3: [5, 4, 2]}  # samples per rank: 11 in all, unequal
-N = 11
-BS = 3
-REL = 1e-12
-
-
-# ------------------------------------------------------------------------------------------------
-# models and data (identical on every rank: seeded)
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
-class CNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.AvgPool2d(2)
-        )
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
-
-
-def _setup(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = (MLP() if kind == "mlp" else CNN()).to(DT)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(N, 4, dtype=DT) if kind == "mlp" else torch.randn(N, 2, 4, 4, dtype=DT)
-    y = torch.randint(0, 3, (N,))
-    return model, x, y
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i : i + BS], y[i : i + BS]) for i in range(0, len(y), BS)]
 
 
 def _shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> list:
-    start = sum(SHARDS[world][:rank])
-    stop = start + SHARDS[world][rank]
-    return _batches(x[start:stop], y[start:stop])
+    return shard_of(x, y, SHARDS[world], rank)
 
 
 def _operator(matrix: str, model: nn.Module, data: list, **kwargs) -> dc.CurvatureOperator:
@@ -92,84 +42,15 @@ def _local(matrix: str, model: nn.Module, data: list, **kwargs) -> dc.CurvatureO
         return _operator(matrix, model, data, **kwargs)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, rel: float = REL) -> None:
-    err = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
-    assert err <= rel, f"relative error {err:.3g} > {rel}"
-
-
-class _Counter:
-    """Counts the operators' collective (:func:`all_reduce_sum`) and torch's raw all-reduces."""
-
-    def __init__(self) -> None:
-        self.wrapped = self.raw = 0
-        inner, raw = dcdist.all_reduce_sum, dist.all_reduce
-
-        def counted(t: torch.Tensor) -> torch.Tensor:
-            self.wrapped += 1
-            return inner(t)
-
-        def counted_raw(*args, **kwargs):
-            self.raw += 1
-            return raw(*args, **kwargs)
-
-        dcdist.all_reduce_sum = counted
-        dist.all_reduce = counted_raw
-
-    def calls(self) -> tuple[int, int]:
-        return self.wrapped, self.raw
-
-
-# ------------------------------------------------------------------------------------------------
-# process groups
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, name: str, tmp: str, pg_timeout: float) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=pg_timeout),
-    )
-    try:
-        globals()[name](rank, world, Path(tmp))
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(world: int, worker: str, tmp: Path, *, pg_timeout: float = 20, limit: float = 90):
-    """Run ``worker(rank, world, tmp)`` on ``world`` gloo ranks; fail (not hang) after ``limit``."""
-    ctx = mp.spawn(
-        _entry,
-        args=(world, _free_port(), worker, str(tmp), pg_timeout),
-        nprocs=world,
-        join=False,
-    )
-    deadline = time.monotonic() + limit
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{worker} on {world} ranks did not finish within {limit} s (a hang)")
-
-
 # ------------------------------------------------------------------------------------------------
 # workers (run in the spawned processes)
 
 
 def _products(rank: int, world: int, tmp: Path) -> None:
-    counter = _Counter()
+    counter = Counter()
     for kind in ("mlp", "cnn") if world == 2 else ("mlp",):
-        model, x, y = _setup(kind)
-        shard, full = _shard(x, y, rank, world), _batches(x, y)
+        model, x, y = setup(kind)
+        shard, full = _shard(x, y, rank, world), to_batches(x, y)
         for matrix in ("hessian", "ggn", "fisher"):
             op, ref = _operator(matrix, model, shard), _local(matrix, model, full)
             assert op.ranks is not None and ref.ranks is None
@@ -180,21 +61,21 @@ def _products(rank: int, world: int, tmp: Path) -> None:
                 out = getattr(op, product)(*args)
                 after = counter.calls()
                 assert (after[0] - before[0], after[1] - before[1]) == (1, 1), (product, after)
-                _close(out, getattr(ref, product)(*args))
+                close(out, getattr(ref, product)(*args))
             before = counter.calls()
-            _close(op.gradient(), ref.gradient())
+            close(op.gradient(), ref.gradient())
             assert np.isclose(op.loss(), ref.loss(), rtol=REL, atol=0)
             assert counter.wrapped - before[0] == 2
     # weight decay is added once, after the reduction
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     op = _operator("hessian", model, _shard(x, y, rank, world), weight_decay=0.1)
-    ref = _local("hessian", model, _batches(x, y), weight_decay=0.1)
+    ref = _local("hessian", model, to_batches(x, y), weight_decay=0.1)
     V = torch.randn(op.num_params, 2, dtype=DT, generator=torch.Generator().manual_seed(2))
-    _close(op.matmat(V), ref.matmat(V))
-    _close(op.gradient(), ref.gradient())
+    close(op.matmat(V), ref.matmat(V))
+    close(op.gradient(), ref.gradient())
     # algorithms on the products: identical on every rank and as in one process
     op = _operator("hessian", model, _shard(x, y, rank, world))
-    ref = _local("hessian", model, _batches(x, y))
+    ref = _local("hessian", model, to_batches(x, y))
     res = {}
     for name, o in (("dist", op), ("ref", ref)):
         lz = dc.lanczos(o, 30, seed=3, verbose=False)
@@ -223,9 +104,9 @@ def _products(rank: int, world: int, tmp: Path) -> None:
         sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
         loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=sampler)
         op = _operator("ggn", model, loader)
-        ref = _local("ggn", model, _batches(x12, y12))
+        ref = _local("ggn", model, to_batches(x12, y12))
         assert op.num_samples == 12
-        _close(op.matmat(V), ref.matmat(V))
+        close(op.matmat(V), ref.matmat(V))
 
 
 def _same_stats(a: dc.LossStats, b: dc.LossStats) -> None:
@@ -282,31 +163,14 @@ def _loss_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, w
     _same_stats(got, want)
 
 
-class _FailsLater:
-    """A re-iterable data set whose second pass raises on rank 1's second batch."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches, self.passes = batches, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        self.passes += 1
-        for i, b in enumerate(self.batches):
-            if self.passes > 1 and i == 1:
-                raise RuntimeError("corrupt record 7 in shard file")
-            yield b
-
-
 def _failures(rank: int, world: int, tmp: Path) -> None:
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     shard = _shard(x, y, rank, world)
     loss = nn.CrossEntropyLoss()
     V = torch.randn(51, 2, dtype=DT, generator=torch.Generator().manual_seed(1))
 
     # a rank whose data raises: it raises its own error, every other rank names it
-    data = _FailsLater(shard) if rank == 1 else shard
+    data = FailsLater(shard) if rank == 1 else shard
     op = dc.hessian(model, loss, data)
     if rank == 1:
         with pytest.raises(RuntimeError, match="corrupt record 7") as info:
@@ -336,7 +200,7 @@ def _failures(rank: int, world: int, tmp: Path) -> None:
         dc.lanczos(op, 5, verbose=False)  # no seed: each rank draws its own start vector
 
     # mismatched replicas and settings
-    other, _, _ = _setup("mlp")
+    other, _, _ = setup("mlp")
     if rank == 1:
         with torch.no_grad():
             other.fc1.weight[0, 0] += 1e-6
@@ -368,8 +232,8 @@ def _failures(rank: int, world: int, tmp: Path) -> None:
         dist.get_backend = backend
 
     # the group is still usable after all of that
-    op, ref = dc.hessian(model, loss, shard), _local("hessian", model, _batches(x, y))
-    _close(op.matmat(V), ref.matmat(V))
+    op, ref = dc.hessian(model, loss, shard), _local("hessian", model, to_batches(x, y))
+    close(op.matmat(V), ref.matmat(V))
     (tmp / f"done_{rank}").write_text("ok")
 
     # last (it breaks the group): a rank that never joins makes the others time out clearly
@@ -390,7 +254,7 @@ def _failures(rank: int, world: int, tmp: Path) -> None:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_products_and_algorithms_match_one_process(world, tmp_path):
-    _spawn(world, "_products", tmp_path)
+    spawn(world, _products, tmp_path)
     results = [
         torch.load(tmp_path / f"algorithms_{r}.pt", weights_only=False) for r in range(world)
     ]
@@ -400,7 +264,7 @@ def test_products_and_algorithms_match_one_process(world, tmp_path):
 
 
 def test_failures_raise_on_every_rank_and_never_hang(tmp_path):
-    _spawn(2, "_failures", tmp_path, pg_timeout=5.0, limit=60)
+    spawn(2, _failures, tmp_path, pg_timeout=5.0, limit=60)
     assert (tmp_path / "done_0").exists() and (tmp_path / "done_1").exists()
     assert float((tmp_path / "elapsed").read_text()) < 10  # the 5 s timeout, not a hang
 
@@ -410,8 +274,8 @@ def test_single_process_has_no_collective(monkeypatch):
         raise AssertionError("a collective outside a process group")
 
     monkeypatch.setattr(dcdist, "all_reduce_sum", forbidden)
-    model, x, y = _setup("mlp")
-    op = dc.hessian(model, nn.CrossEntropyLoss(), _batches(x, y))
+    model, x, y = setup("mlp")
+    op = dc.hessian(model, nn.CrossEntropyLoss(), to_batches(x, y))
     assert op.ranks is None and not dcdist.process_group_active()
     op.matmat(torch.ones(op.num_params, 2, dtype=DT))
     op.gradient()

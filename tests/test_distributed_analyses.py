@@ -10,163 +10,59 @@ runs every check (workers use one torch thread).
 
 from __future__ import annotations
 
-import datetime
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import deepcurvature as dc
+from _distributed import DT, REL, Counter, FailsLater, N, close, setup, shard_of, spawn, to_batches
 from deepcurvature.analysis.landscape_points import _join_finite, _split_finite
 from deepcurvature.operators import distributed as dcdist
 
-DT = torch.float64
 SHARDS = [7, 4]  # samples per rank: unequal
-N = sum(SHARDS)
-BS = 3
-REL = 1e-12
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
-class CNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.AvgPool2d(2)
-        )
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
-
-
-def _setup(kind: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = (MLP() if kind == "mlp" else CNN()).to(DT)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(N, 4, dtype=DT) if kind == "mlp" else torch.randn(N, 2, 4, 4, dtype=DT)
-    y = torch.randint(0, 3, (N,))
-    return model, x, y
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i : i + BS], y[i : i + BS]) for i in range(0, len(y), BS)]
+assert sum(SHARDS) == N
 
 
 def _shard(x: torch.Tensor, y: torch.Tensor, rank: int) -> list:
-    start = sum(SHARDS[:rank])
-    return _batches(x[start : start + SHARDS[rank]], y[start : start + SHARDS[rank]])
-
-
-def _close(a, b, rel: float = REL) -> None:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape
-    err = float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-300)
-    assert err <= rel, f"relative error {err:.3g} > {rel}"
-
-
-class _Counter:
-    """Counts the calls of the package's one collective (:func:`all_reduce_sum`)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        inner = dcdist.all_reduce_sum
-
-        def counted(t: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            return inner(t)
-
-        dcdist.all_reduce_sum = counted
-
-
-# ------------------------------------------------------------------------------------------------
-# process groups
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, name: str, tmp: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=20),
-    )
-    try:
-        globals()[name](rank, world, Path(tmp))
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(world: int, worker: str, tmp: Path, *, limit: float = 90) -> None:
-    """Run ``worker(rank, world, tmp)`` on ``world`` gloo ranks; fail (not hang) after ``limit``."""
-    ctx = mp.spawn(_entry, args=(world, _free_port(), worker, str(tmp)), nprocs=world, join=False)
-    deadline = time.monotonic() + limit
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{worker} on {world} ranks did not finish within {limit} s (a hang)")
+    return shard_of(x, y, SHARDS, rank)
 
 
 # ------------------------------------------------------------------------------------------------
 # the worker
 
 
-def _diagonals(rank: int, counter: _Counter, results: dict) -> None:
+def _diagonals(rank: int, counter: Counter, results: dict) -> None:
     loss = nn.CrossEntropyLoss()
     kw = {"verbose": False}
     for kind in ("mlp", "cnn"):
-        model, x, y = _setup(kind)
-        shard, full = _shard(x, y, rank), _batches(x, y)
+        model, x, y = setup(kind)
+        shard, full = _shard(x, y, rank), to_batches(x, y)
         for fn in (dc.ggn_diagonal, dc.empirical_fisher_diagonal):
-            before = counter.calls
+            before = counter.wrapped
             got = fn(model, loss, shard, sample_chunk=2, **kw)
-            assert counter.calls - before == 2  # the operator's construction check, the pass
+            assert counter.wrapped - before == 2  # the operator's construction check, the pass
             with dcdist.local_evaluation():
                 want = fn(model, loss, full, **kw)
-            _close(got.value.numpy(), want.value.numpy())
+            close(got.value.numpy(), want.value.numpy())
             assert got.metadata["per_sample_vjps"] == want.metadata["per_sample_vjps"]
             results[f"{fn.__name__}_{kind}"] = got.value.numpy()
     # Monte Carlo: each rank its own stream; the diagonal of the MC Fisher with the same seed
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     shard = _shard(x, y, rank)
     got = dc.mc_ggn_diagonal(model, loss, shard, mc_samples=2, seed=7, **kw)
     F = dc.fisher(model, loss, shard, kind="mc", mc_samples=2, seed=7)
     want = torch.diagonal(F.matmat(torch.eye(F.num_params, dtype=DT)))
-    _close(got.value.numpy(), want.numpy())
+    close(got.value.numpy(), want.numpy())
     results["mc_ggn_diagonal"] = got.value.numpy()
     unseeded = dc.mc_ggn_diagonal(model, loss, shard, **kw)  # rank 0's fresh seed everywhere
     results["mc_seed"] = np.array([unseeded.metadata["seed"]])
     results["mc_unseeded"] = unseeded.value.numpy()
 
 
-def _landscapes(rank: int, counter: _Counter, results: dict) -> None:
+def _landscapes(rank: int, counter: Counter, results: dict) -> None:
     loss = nn.CrossEntropyLoss()
     cases = (
         ("mlp", {"directions": ["random:1", "gaussian:1"], "n_points": 5}, 3),
@@ -174,10 +70,10 @@ def _landscapes(rank: int, counter: _Counter, results: dict) -> None:
         ("mlp", {"plane": "gaussian:2", "n_points": 3, "quadratic": False}, 4),
     )
     for i, (kind, kw, per_pass) in enumerate(cases):
-        model, x, y = _setup(kind)
+        model, x, y = setup(kind)
         xt, yt = x.flip(0) * 0.5, y.flip(0)  # a test set, sharded the same way
         args = {"dist": 0.7, "seed": 3, "points_per_pass": per_pass, "verbose": False, **kw}
-        before = counter.calls
+        before = counter.wrapped
         got = dc.loss_landscape(model, loss, _shard(x, y, rank), _shard(xt, yt, rank), **args)
         union = [b for r in range(2) for b in _shard(x, y, r)]  # the same batches (batch norm)
         test_union = [b for r in range(2) for b in _shard(xt, yt, r)]
@@ -188,16 +84,17 @@ def _landscapes(rank: int, counter: _Counter, results: dict) -> None:
             passes += 1  # the origin with the model's own statistics
         quadratic = 2 if kw.get("quadratic", True) else 0
         checks = 2  # the operator's construction check, the landscape's settings check
-        assert counter.calls - before == checks + passes + quadratic, (i, counter.calls - before)
+        calls = counter.wrapped - before
+        assert calls == checks + passes + quadratic, (i, calls)
         for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "quadratic"):
             a, b = getattr(got, name), getattr(want, name)
             assert (a is None) == (b is None), name
             if a is not None:
-                _close(a, b)
+                close(a, b)
                 results[f"landscape_{i}_{name}"] = a
         if kw.get("bn_recompute"):  # other batches, other batch statistics
             with dcdist.local_evaluation():
-                other = dc.loss_landscape(model, loss, _batches(x, y), _batches(xt, yt), **args)
+                other = dc.loss_landscape(model, loss, to_batches(x, y), to_batches(xt, yt), **args)
             assert np.abs(other.train_loss - got.train_loss).max() > 1e-6
         for name in ("slopes", "uhu"):
             a, b = getattr(got, name), getattr(want, name)
@@ -208,30 +105,13 @@ def _landscapes(rank: int, counter: _Counter, results: dict) -> None:
         assert got.info["passes"] == want.info["passes"]
 
 
-class _FailsLater:
-    """A re-iterable shard whose second pass raises on its second batch."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches, self.passes = batches, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        self.passes += 1
-        for i, b in enumerate(self.batches):
-            if self.passes > 1 and i == 1:
-                raise RuntimeError("corrupt record 7 in shard file")
-            yield b
-
-
 def _failures(rank: int) -> None:
     loss = nn.CrossEntropyLoss()
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     shard = _shard(x, y, rank)
 
     def run(fn, what: str, **kw) -> None:
-        data = _FailsLater(shard) if rank == 1 else shard
+        data = FailsLater(shard) if rank == 1 else shard
         if rank == 1:
             with pytest.raises(RuntimeError, match="corrupt record 7") as info:
                 fn(model, loss, data, verbose=False, **kw)
@@ -245,21 +125,21 @@ def _failures(rank: int) -> None:
     run(dc.empirical_fisher_diagonal, "empirical Fisher diagonal")
     run(dc.loss_landscape, "loss landscape", n_points=3, seed=0, quadratic=False)
     # the batch-norm statistics pass of bn_recompute
-    model, x, y = _setup("cnn")
+    model, x, y = setup("cnn")
     shard = _shard(x, y, rank)
     run(dc.loss_landscape, "batch-norm statistics", n_points=3, seed=0, bn_recompute=True)
     # a non-finite input on rank 1: every rank raises FloatingPointError
-    bad = [(b[0].clone(), b[1]) for b in _shard(*_setup("mlp")[1:], rank)]
+    bad = [(b[0].clone(), b[1]) for b in _shard(*setup("mlp")[1:], rank)]
     if rank == 1:
         bad[0][0][0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="not finite"):
-        dc.empirical_fisher_diagonal(_setup("mlp")[0], loss, bad, verbose=False)
+        dc.empirical_fisher_diagonal(setup("mlp")[0], loss, bad, verbose=False)
 
 
 def _mismatches(rank: int, results: dict) -> None:
     """Settings that differ across ranks are one clear error on every rank; seed=None agrees."""
     loss = nn.CrossEntropyLoss()
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     shard = _shard(x, y, rank)
     kw = {"n_points": 3, "quadratic": False, "verbose": False}
     with pytest.raises(ValueError, match="rank 1 differs from rank 0 in points_per_pass"):
@@ -274,16 +154,16 @@ def _mismatches(rank: int, results: dict) -> None:
 
 
 def _analyses(rank: int, world: int, tmp: Path) -> None:
-    counter = _Counter()
+    counter = Counter()
     results: dict[str, np.ndarray] = {}
     _diagonals(rank, counter, results)
     _landscapes(rank, counter, results)
     _mismatches(rank, results)
     _failures(rank)
     # the group is still usable after the failures
-    model, x, y = _setup("mlp")
+    model, x, y = setup("mlp")
     got = dc.ggn_diagonal(model, nn.CrossEntropyLoss(), _shard(x, y, rank), verbose=False)
-    _close(got.value.numpy(), results["ggn_diagonal_mlp"])
+    close(got.value.numpy(), results["ggn_diagonal_mlp"])
     np.savez(tmp / f"rank{rank}.npz", **results)
 
 
@@ -292,7 +172,7 @@ def _analyses(rank: int, world: int, tmp: Path) -> None:
 
 
 def test_diagonals_and_landscapes_match_one_process_and_failures_raise_everywhere(tmp_path):
-    _spawn(2, "_analyses", tmp_path)
+    spawn(2, _analyses, tmp_path)
     r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in range(2))
     assert sorted(r0.files) == sorted(r1.files)
     for key in r0.files:  # bitwise identical on every rank
