@@ -13,7 +13,9 @@ Run ``python benchmarks/second_order.py`` (``--quick`` for a fast check). Prints
 * **Optimiser steps.** One step of ``LanczosNewton`` and ``LanczosGGN`` (k = 10, 20 Lanczos steps)
   on a batch of 128, in units of an SGD step (forward, backward, update; about one gradient); per
   Lanczos step: (step - SGD step) / k, in SGD steps. Two setups: the registry's MLP on digits and
-  the CNN with batch norm of ``benchmarks/hvp.py`` (3x32x32 inputs, about 95k parameters).
+  the CNN with batch norm of ``benchmarks/hvp.py`` (3x32x32 inputs, about 95k parameters). The
+  curvature takes the batch statistics (``bn_mode="train"``, as the gradient) except in the
+  ``bn eval`` row (running statistics: batch norm is an affine map folded into the convolution).
 * **M-FAC.** One ``mfac_inverse`` product (``P = 1e6``, m = 32, float32) in units of the m
   gradient-vector dot products ``G @ v`` it generalises (a product reads ``G`` twice).
 """
@@ -170,6 +172,7 @@ def bench_steps(setup: str, repeats: int, steps: int) -> dict:
     factory, x, y = _step_setup(setup)
     variants = {"SGD": {}, "LanczosNewton k=10": {"lanczos_steps": 10},
                 "LanczosNewton k=20": {"lanczos_steps": 20},
+                "LanczosNewton k=20 bn eval": {"lanczos_steps": 20, "bn_mode": "eval"},
                 "LanczosGGN k=10": {"lanczos_steps": 10},
                 "LanczosGGN k=20": {"lanczos_steps": 20}}  # fmt: skip
     secs: dict[str, list[float]] = {v: [] for v in variants}
