@@ -7,17 +7,14 @@ from .batch_extremes import (
     draw_batches,
     fit_batch_law,
 )
+from .diagonal_comparison import DiagonalComparison, compare_diagonal
 from .diagonals import (
-    DiagonalComparison,
     DiagonalResult,
     adam_second_moment,
-    compare_diagonal,
-    empirical_fisher_diagonal,
-    ggn_diagonal,
     hessian_diagonal,
     hutchinson_diagonal,
-    mc_ggn_diagonal,
 )
+from .exact_diagonals import empirical_fisher_diagonal, ggn_diagonal, mc_ggn_diagonal
 from .landscape import (
     Direction,
     LandscapeResult,
