@@ -83,6 +83,7 @@ _OPTIONS = {
     "report": {"dpi": "--dpi"},
     "batch-lr": {"batches_per_size": "--batches-per-size", "epochs": "--train-epochs"},
     "local-stats": {"window": "--window", "trim": "--trim"},
+    "density": {"n_moments": "--moments", "dpi": "--dpi"},
 }
 
 

@@ -1,13 +1,17 @@
 """What a result file holds, and the figure that shows it.
 
-deepcurvature writes four kinds of results, told apart by their JSON metadata:
+deepcurvature writes these kinds of results, told apart by their JSON metadata:
 
 * ``"training"``: ``stats.json`` of a run (``"format": "deepcurvature-stats"``), or a run folder
   holding one;
 * ``"spectrum"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "SpectrumResult"`` or
   ``"SpectralDensity"`` (or an ``.npz`` with ``nodes`` and ``weights`` arrays and no JSON);
 * ``"landscape"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "LandscapeResult"``;
-* ``"checkpoint"``: ``checkpoint-EEEEE.pt``.
+* ``"checkpoint"``: ``checkpoint-EEEEE.pt``;
+* the random-matrix analyses, ``NAME.npz`` + ``NAME.json`` with the ``"kind"`` of their result
+  class (:data:`ANALYSIS_KINDS`): ``"maxent"`` (``MaxEntResult``), ``"outliers"``
+  (``OutlierResult``), ``"local-statistics"`` (``LocalStatistics``) and ``"batch-extremes"``
+  (``BatchExtremesResult``). A ``LogdetResult`` has no figure.
 
 :func:`detect_result` names the kind of a path, :func:`plot_result` draws the matching figure.
 """
@@ -26,6 +30,7 @@ from ..io.results import RESULT_FILE, npz_names, read_npz
 from ..io.results import read_json as _read_json
 
 __all__ = [
+    "ANALYSIS_KINDS",
     "LANDSCAPE_KINDS",
     "SPECTRUM_KINDS",
     "STATS_FORMAT",
@@ -38,12 +43,20 @@ __all__ = [
 STATS_FORMAT = "deepcurvature-stats"
 SPECTRUM_KINDS = ("SpectrumResult", "SpectralDensity")
 LANDSCAPE_KINDS = ("LandscapeResult",)
+#: The ``"kind"`` of an analysis result file -> the kind :func:`detect_result` names.
+ANALYSIS_KINDS = {
+    "MaxEntResult": "maxent",
+    "OutlierResult": "outliers",
+    "LocalStatistics": "local-statistics",
+    "BatchExtremesResult": "batch-extremes",
+}
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 _FIX_JSON = "give a file written by deepcurvature (it may have been cut short or edited)"
 _EXPECTED = (
     "a spectrum (.npz/.json written by SpectrumResult.save or SpectralDensity.save), a "
-    "training run's stats.json or its folder, or a landscape file (LandscapeResult)"
+    "training run's stats.json or its folder, a landscape file (LandscapeResult), or an "
+    "analysis result (MaxEntResult, OutlierResult, LocalStatistics, BatchExtremesResult)"
 )
 
 
@@ -74,6 +87,8 @@ def _kind_of_json(doc: Any) -> str | None:
         return "spectrum"
     if kind in LANDSCAPE_KINDS:
         return "landscape"
+    if isinstance(kind, str) and kind in ANALYSIS_KINDS:
+        return ANALYSIS_KINDS[kind]
     return None
 
 
@@ -85,9 +100,9 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
             without suffix), or a checkpoint.
 
     Returns:
-        ``(kind, file)``: kind is ``"training"``, ``"spectrum"``, ``"landscape"`` or
-        ``"checkpoint"``; file is the file to read (``stats.json`` for a folder, the ``.npz`` of
-        an npz + JSON result).
+        ``(kind, file)``: kind is ``"training"``, ``"spectrum"``, ``"landscape"``,
+        ``"checkpoint"`` or one of the values of :data:`ANALYSIS_KINDS`; file is the file to
+        read (``stats.json`` for a folder, the ``.npz`` of an npz + JSON result).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -132,7 +147,7 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
         if sidecar.is_file():
             doc = read_json(sidecar)
             kind = _kind_of_json(doc)
-            if kind in ("spectrum", "landscape"):
+            if kind is not None and kind != "training":
                 return kind, p
             if isinstance(doc, dict) and "kind" in doc:
                 raise ValueError(
@@ -156,6 +171,53 @@ def landscape_plotter() -> Any:
     return plot_loss_landscape
 
 
+def _source_density(meta: dict[str, Any]) -> Any:
+    """The density a result came from (``metadata["spectrum_file"]``), else ``None``.
+
+    ``deepcurvature density`` records it; a file that moved or is damaged gives ``None``.
+    """
+    from ..plotting.spectrum import read_spectrum
+
+    source = meta.get("spectrum_file") if isinstance(meta, dict) else None
+    if not isinstance(source, str) or not Path(source).is_file():
+        return None
+    try:
+        return read_spectrum(source)[0]
+    except (OSError, ValueError):
+        return None  # moved or damaged: the figure is drawn without the stems
+
+
+def plot_analysis(kind: str, file: str | os.PathLike, **kwargs: Any) -> Figure:
+    """Draw an analysis result file (a kind of :data:`ANALYSIS_KINDS`) with its plot function.
+
+    ``MaxEntResult`` and ``OutlierResult`` files that record the spectrum they came from
+    (``metadata["spectrum_file"]``) are drawn over its stems when that file is still there.
+    """
+    if kind == "maxent":
+        from ..linalg.maxent import MaxEntResult
+        from ..plotting.maxent import plot_maxent
+
+        fit = MaxEntResult.load(file)
+        return plot_maxent(fit, _source_density(fit.metadata), **kwargs)
+    if kind == "outliers":
+        from ..analysis.outliers import OutlierResult
+        from ..plotting.outliers import plot_outliers
+
+        found = OutlierResult.load(file)
+        return plot_outliers(found, _source_density(found.metadata), **kwargs)
+    if kind == "local-statistics":
+        from ..analysis.local_statistics import LocalStatistics
+        from ..plotting.local_statistics import plot_local_statistics
+
+        return plot_local_statistics(LocalStatistics.load(file), **kwargs)
+    if kind == "batch-extremes":
+        from ..analysis.batch_extremes import BatchExtremesResult
+        from ..plotting.batch_extremes import plot_batch_extremes
+
+        return plot_batch_extremes(BatchExtremesResult.load(file), **kwargs)
+    raise ValueError(f"{file}: {kind!r} is not an analysis result with a figure")
+
+
 def plot_result(
     path: str | os.PathLike, *, mode: str = "lanczos", **kwargs: Any
 ) -> tuple[str, Figure]:
@@ -164,8 +226,9 @@ def plot_result(
     Args:
         path: the result file or run folder.
         mode: for spectra, a mode of ``plot_spectrum`` (``"lanczos"``, ``"smooth"``, ``"cdf"``).
-        **kwargs: passed to the plotting function (``plot_spectrum``, ``plot_training`` or
-            ``plot_loss_landscape``).
+        **kwargs: passed to the plotting function (``plot_spectrum``, ``plot_training``,
+            ``plot_loss_landscape``, ``plot_maxent``, ``plot_outliers``,
+            ``plot_local_statistics`` or ``plot_batch_extremes``).
 
     Returns:
         ``(kind, figure)``.
@@ -190,6 +253,8 @@ def plot_result(
                 f"(deepcurvature.plotting.landscape.plot_loss_landscape)"
             )
         return kind, plot(file, **kwargs)
+    if kind in ANALYSIS_KINDS.values():
+        return kind, plot_analysis(kind, file, **kwargs)
     raise ValueError(
         f"{file} is a checkpoint, which has no figure of its own: plot its run's stats.json, "
         f"or a spectrum computed from it"

@@ -1,4 +1,4 @@
-"""``deepcurvature plot``: the figure of a result file (spectrum, training run or landscape)."""
+"""``deepcurvature plot``: the figure of a result file (spectrum, training run, landscape...)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..errors import CommandError
 from ._common import check_dpi
 
 NAME = "plot"
-HELP = "draw the figure of a result file: spectrum, training statistics or loss landscape"
+HELP = "draw the figure of a result file: spectrum, training, landscape or an analysis"
 DESCRIPTION = (
     "Detect what RESULT_FILE holds and write the matching figure as PNG (and PDF with --pdf), "
     "atomically, printing the paths written. A spectrum (.npz/.json written by "
@@ -18,12 +18,23 @@ DESCRIPTION = (
     "a kernel-smoothed curve, --mode cdf draws the cumulative spectral mass); a training run's "
     "stats.json, or its folder, gives the loss, accuracy and learning-rate curves; a loss "
     "landscape file (LandscapeResult) gives the loss (with --metric accuracy: the accuracy) "
-    "along each direction. The figure goes next to the file (same name, .png) unless --out is "
-    "given."
+    "along each direction. The results of the random-matrix analyses are drawn by their plot "
+    "functions: a maximum-entropy density (MaxEntResult, over the stems of its spectrum when "
+    "the file it came from is still there), outliers (OutlierResult), spacing-ratio statistics "
+    "(LocalStatistics) and batch-size extremes (BatchExtremesResult). The figure goes next to "
+    "the file (same name, .png) unless --out is given."
 )
 
 MODES = ("lanczos", "smooth", "cdf")
-_NOUN = {"training": "training run", "spectrum": "spectrum", "landscape": "loss landscape"}
+_NOUN = {
+    "training": "training run",
+    "spectrum": "spectrum",
+    "landscape": "loss landscape",
+    "maxent": "maximum-entropy density",
+    "outliers": "outlier result",
+    "local-statistics": "local-statistics result",
+    "batch-extremes": "batch-size extremes result",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
