@@ -27,6 +27,15 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures are registered with pyplot (``plt.show()`` works): close them after each test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small dense problems run fastest on one BLAS / torch thread on a shared machine."""

@@ -46,8 +46,10 @@ class SpectrumResult:
         ritz_values: ``(m,)`` Ritz values of the first probe, ascending.
         config: how the spectrum was computed (matrix, steps, steps_requested, probes, seed,
             dtype, model, data...).
-        info: sizes and timings: ``P`` (parameters), ``N`` (samples), ``seconds``,
-            ``seconds_per_step`` (list), ...
+        info: sizes, timings and memory: ``P`` (parameters), ``N`` (samples), ``seconds``,
+            ``seconds_per_step`` (list), ``peak_memory_per_step`` (bytes after each Lanczos step,
+            a high-water mark: CUDA max allocated on a GPU, else the host's max RSS),
+            ``peak_memory_bytes`` (the last of them) and ``memory_kind``, ...
     """
 
     density: SpectralDensity
@@ -76,7 +78,8 @@ class SpectrumResult:
         round-off tolerance ``negative_mass_tol = negative_mass_rtol * max|theta|``, with the strict
         count ``negative_mass_strict``): ``P``, ``N``, ``matrix``, ``steps`` (run),
         ``steps_requested`` (asked for; larger than ``steps`` when clamped to ``P``; ``None`` in
-        files written before it was recorded), ``probes``, ``seconds`` and
+        files written before it was recorded), ``probes``, ``seconds``, ``peak_memory_mb`` (the
+        high-water mark of ``info["peak_memory_bytes"]`` in MiB; ``None`` if unrecorded) and
         ``psd_by_construction``. For a GGN or Fisher (PSD by construction) negative Ritz values
         can only be round-off: ``negative_mass`` is 0 and ``note`` says so.
         """
@@ -90,6 +93,7 @@ class SpectrumResult:
                 "steps_requested": self.config.get("steps_requested"),
                 "probes": self.config.get("probes"),
                 "seconds": self.info.get("seconds"),
+                "peak_memory_mb": _mib(self.info.get("peak_memory_bytes")),
             }
         )
         return out
@@ -272,6 +276,9 @@ def spectrum(
         "seconds": seconds,
         "seconds_build": t_build,
         "seconds_per_step": res.step_times,
+        "peak_memory_per_step": res.step_memory,
+        "peak_memory_bytes": max(res.step_memory) if res.step_memory else None,
+        "memory_kind": res.memory_kind,
         "steps_done": res.steps_done,
         "steps_clamped": res.steps_requested is not None and res.steps_requested > res.steps,
         "broke_down": [bool(b) for b in res.broke_down],
@@ -288,3 +295,8 @@ def spectrum(
         config=cfg,
         info=info,
     )
+
+
+def _mib(n_bytes: Any) -> float | None:
+    """Bytes as MiB (rounded to 0.1), ``None`` for ``None``."""
+    return None if n_bytes is None else round(float(n_bytes) / 2**20, 1)

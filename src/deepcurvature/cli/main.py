@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .._version import __version__
 from . import commands
@@ -23,6 +25,24 @@ from .launch import failure_lines, process_group, wait_for_all
 __all__ = ["build_parser", "main"]
 
 _DEBUG_HELP = "show the full traceback of an error (also: DEEPCURVATURE_DEBUG=1)"
+
+
+_STATES_DEFAULT = re.compile(r"\(default\b", re.IGNORECASE)
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append ``(default: X)`` only to options whose help does not already state its default.
+
+    Many help strings say their default in words (``"number of epochs (default 20)"``,
+    ``"(default: the checkpoint's)"``); argparse's formatter would add ``(default: None)`` after
+    them, so each default would be printed twice.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if _STATES_DEFAULT.search(help_text):
+            return help_text
+        return super()._get_help_string(action) or ""
 
 
 def _command_modules() -> list:
@@ -59,12 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
             mod.NAME,
             help=mod.HELP,
             description=getattr(mod, "DESCRIPTION", mod.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsHelpFormatter,
             parents=[debug],
         )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+@contextlib.contextmanager
+def _closing_new_figures() -> Iterator[None]:
+    """Close the pyplot figures a command opened: commands write figures to files only.
+
+    (``plotting.style.closing_new_figures``, without importing matplotlib for every command.)
+    """
+    plt = sys.modules.get("matplotlib.pyplot")
+    before = set(plt.get_fignums()) if plt is not None else set()
+    try:
+        yield
+    finally:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            for num in set(plt.get_fignums()) - before:
+                plt.close(num)
 
 
 def _debug_wanted(args: argparse.Namespace) -> bool:
@@ -84,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with process_group(args):  # under torchrun only (module docstring of ``launch``)
             try:
-                status = int(args._run(args) or 0)
+                with _closing_new_figures():
+                    status = int(args._run(args) or 0)
                 wait_for_all()
                 return status
             except (SystemExit, GeneratorExit):

@@ -14,6 +14,7 @@ Algorithm 1 of the paper, with these choices:
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,12 @@ class LanczosResult:
         seed: the seed the probes were drawn with (``None`` for given start vectors).
         probe: ``"rademacher"``, ``"gaussian"`` or ``"given"``.
         step_times: wall-clock seconds of each step (all probes together).
+        step_memory: peak memory in bytes after each step (see :func:`peak_memory`): on a CUDA
+            device ``torch.cuda.max_memory_allocated``, else the host process's maximum resident
+            set size; both are HIGH-WATER marks (since the process started or the last
+            ``torch.cuda.reset_peak_memory_stats``), so they never decrease. Empty when not
+            measurable (no ``resource`` module).
+        memory_kind: ``"cuda_max_allocated"`` or ``"host_max_rss"`` (``None`` if unmeasured).
     """
 
     alphas: list[np.ndarray]
@@ -86,6 +93,8 @@ class LanczosResult:
     seed: int | None
     probe: str
     step_times: list[float] = field(default_factory=list)
+    step_memory: list[int] = field(default_factory=list)
+    memory_kind: str | None = None
     steps_requested: int | None = None
     precision: str | None = None
     ritz_vectors: list[torch.Tensor] | None = None
@@ -130,6 +139,24 @@ class LanczosResult:
 
 def _default_breakdown_tol(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** (2.0 / 3.0)
+
+
+def peak_memory(device: torch.device) -> tuple[int | None, str | None]:
+    """The peak memory of the computation so far, in bytes, and what it measures.
+
+    ``torch.cuda.max_memory_allocated(device)`` on a CUDA device (``"cuda_max_allocated"``),
+    else the host process's maximum resident set size from ``resource.getrusage``
+    (``"host_max_rss"``; ``ru_maxrss`` is in KiB on Linux and bytes on macOS). Both are high-water
+    marks. ``(None, None)`` where neither is available (e.g. ``resource`` on Windows).
+    """
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None, None
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return (rss if sys.platform == "darwin" else rss * 1024), "host_max_rss"
 
 
 def lanczos(
@@ -232,6 +259,8 @@ def lanczos(
     broke = np.zeros(k, dtype=bool)
     scale = np.zeros(k)  # running estimate of ||T||, for the relative breakdown test
     residual_vecs: torch.Tensor | None = None
+    step_memory: list[int] = []
+    memory_kind: str | None = None
 
     with ProgressBar(steps, description, verbose=verbose) as bar:
         for j in range(steps):
@@ -278,6 +307,9 @@ def lanczos(
             elif store_vectors:
                 residual_vecs = W.to(op.dtype)
             bar.advance()
+            peak, memory_kind = peak_memory(op.device)  # one getrusage call: microseconds
+            if peak is not None:
+                step_memory.append(peak)
             if verbose:
                 bar.set_info(f"alpha={ab[0, idx[0]]:.4g}")
         step_times = list(bar.step_times)
@@ -319,6 +351,8 @@ def lanczos(
         seed=used_seed,
         probe=probe_kind,
         step_times=step_times,
+        step_memory=step_memory,
+        memory_kind=memory_kind,
         ritz_vectors=ritz_vecs if store_vectors else None,
         basis=bases if store_vectors else None,
         residuals=resids if store_vectors else None,

@@ -66,7 +66,8 @@ class CurvatureOperator(LinearOperator):
     Args:
         model: the network, an ``nn.Module`` (not modified).
         loss_fn: ``loss_fn(output, targets) -> scalar`` with mean reduction.
-        data: an iterable of ``(inputs, targets)`` batches, iterated once per product.
+        data: an iterable of ``(inputs, targets)`` batches, iterated once per product (or of dicts
+            holding the targets under the key ``targets``).
         params: parameter selection (see :func:`select_parameters`); ``None`` for all parameters
             with ``requires_grad``.
         bn_mode: ``"eval"`` (batch norm uses its running statistics) or ``"train"`` (batch
@@ -78,6 +79,9 @@ class CurvatureOperator(LinearOperator):
         cache: keep the prepared batches on the device after the first pass (memory: the whole
             data set in ``dtype`` on ``device``).
         verbose: show a progress bar over the batches during each product.
+        targets: ``None`` (batches are pairs ``(inputs, targets)``) or the key of the targets in
+            dict batches (e.g. ``"labels"``): the model is called with the other keys as keyword
+            arguments (see :mod:`.batches`).
     """
 
     curvature = "curvature"
@@ -99,6 +103,7 @@ class CurvatureOperator(LinearOperator):
         device: torch.device | str | None = None,
         cache: bool = False,
         verbose: bool = False,
+        targets: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -133,7 +138,8 @@ class CurvatureOperator(LinearOperator):
         self.model = model
         self.objective = OutputLoss(loss_fn)
         self.loss_fn = loss_fn
-        self.source = BatchSource(data, self.device, dtype, cache=cache)
+        self.source = BatchSource(data, self.device, dtype, cache=cache, targets_key=targets)
+        self.targets_key = targets
         self.data = data
         self.bn_mode = bn_mode
         self.weight_decay = weight_decay
@@ -258,10 +264,12 @@ class CurvatureOperator(LinearOperator):
         """
         return self._state()
 
-    def batch_output(self, params: Tensors, fixed: Tensors, batch: Batch) -> torch.Tensor:
+    def batch_output(self, params: Tensors, fixed: Tensors, batch: Batch) -> Any:
         """The model output ``(n_b, ...)`` on ``batch`` with parameters ``params`` (functional).
 
-        Call inside :meth:`evaluation_mode`; works under ``torch.func`` transforms.
+        What the loss takes: a tensor output as is; a non-tensor output (a dict, a ``ModelOutput``)
+        unchanged for a custom loss and as its logits for a built-in one (see
+        :mod:`.losses`). Call inside :meth:`evaluation_mode`; works under ``torch.func`` transforms.
         """
         return self._forward(params, fixed, batch)
 
@@ -288,6 +296,7 @@ class CurvatureOperator(LinearOperator):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             **self.objective.describe(),
+            **({"targets_key": self.targets_key} if self.targets_key is not None else {}),
             **({"world_size": self.ranks.world_size} if self.ranks is not None else {}),
         }
 
@@ -561,8 +570,12 @@ class CurvatureOperator(LinearOperator):
             return t.to(device=self.device, dtype=self.dtype)
         return t.to(device=self.device)
 
-    def _forward(self, state: Tensors, fixed: Tensors, batch: Batch) -> torch.Tensor:
-        """The model output ``(n_b, ...)`` on one batch with parameters ``state``."""
+    def _forward(self, state: Tensors, fixed: Tensors, batch: Batch) -> Any:
+        """The model output ``(n_b, ...)`` on one batch with parameters ``state``.
+
+        A tensor output is returned as is; any other output is passed through
+        :meth:`OutputLoss.loss_input` (unchanged for a custom loss, its logits for a built-in one).
+        """
         tensors = {**fixed, **state}
         for alias, name in self._aliases:  # tied weights: every name gets the same tensor
             tensors[alias] = tensors[name]
@@ -570,7 +583,17 @@ class CurvatureOperator(LinearOperator):
         def call(*args: Any, **kwargs: Any) -> Any:
             return functional_call(self.model, tensors, args, kwargs, tie_weights=False)
 
-        return _as_output(batch.call(call), batch.index)
+        result = batch.call(call)
+        if isinstance(result, torch.Tensor):
+            return result
+        return self.objective.loss_input(result, batch.index)
+
+    def _output_tensor(self, state: Tensors, fixed: Tensors, batch: Batch) -> torch.Tensor:
+        """:meth:`_forward` for the GGN and the Fisher: a tensor, or a clear ``TypeError``."""
+        out = self._forward(state, fixed, batch)
+        if isinstance(out, torch.Tensor):
+            return out
+        return self.objective.check_tensor(out, batch.index)
 
     def _evaluation_mode(self) -> Any:
         """Dropout off, batch norm per ``bn_mode``, running statistics never updated.
@@ -676,21 +699,6 @@ def _loss_message(index: int, value: float) -> str:
     return (
         f"the loss on batch {index} is not finite ({value}); check that batch's inputs and targets "
         "and the model's parameters (NaN/inf), or evaluate in float64 (dtype=torch.float64)"
-    )
-
-
-def _as_output(result: Any, index: int) -> torch.Tensor:
-    if isinstance(result, torch.Tensor):
-        return result
-    logits = getattr(result, "logits", None)
-    if logits is None and isinstance(result, dict):
-        logits = result.get("logits")
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise TypeError(
-        f"the model returned a {type(result).__name__} on batch {index}; the curvature operators "
-        "need a tensor output (or an object with a .logits tensor): wrap the model so that it "
-        "returns the tensor the loss takes"
     )
 
 

@@ -5,6 +5,11 @@ A data set is any iterable of batches ``(inputs, targets)``, iterated once per p
 tensors (``model(**x)``, e.g. ``{"input_ids": ..., "attention_mask": ...}``) or a tuple of tensors
 (``model(*x)``); ``targets`` is a tensor whose leading dimension is the number of samples ``n_b`` of
 the batch. Tensors are moved to the operator's device and floating tensors to its dtype.
+
+With ``targets="labels"`` (any key), each batch is instead a dict holding the targets under that
+key (HuggingFace style, ``{"input_ids": ..., "attention_mask": ..., "labels": ...}``): the targets
+are ``batch["labels"]`` and the model is called with the remaining entries as keyword arguments
+(``model(input_ids=..., attention_mask=...)``), so it never sees the labels.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Batch", "BatchSource", "prepare_batch"]
+__all__ = ["Batch", "BatchSource", "prepare_batch", "split_batch"]
 
 
 @dataclass
@@ -60,20 +65,60 @@ def _move(x: Any, device: torch.device, dtype: torch.dtype, where: str) -> Any:
     )
 
 
-def prepare_batch(raw: Any, index: int, device: torch.device, dtype: torch.dtype) -> Batch:
-    """Check one raw batch ``(inputs, targets)`` and move it to ``device`` / ``dtype``.
+def split_batch(raw: Any, index: int, targets_key: str | None = None) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of one raw batch: a pair, or a dict with ``targets_key`` inside.
 
     Raises:
-        TypeError: the batch is not a pair of inputs and a target tensor.
-        ValueError: the targets have no leading (sample) dimension.
+        TypeError: the batch has neither form (the message names the fix).
     """
-    if isinstance(raw, Mapping) or not isinstance(raw, (tuple, list)) or len(raw) != 2:
+    if targets_key is not None:
+        if not isinstance(raw, Mapping):
+            raise TypeError(
+                f"batch {index} is a {type(raw).__name__}, but targets={targets_key!r} expects "
+                f"each batch to be a dict holding the targets under {targets_key!r}; for "
+                "(inputs, targets) pairs leave targets=None"
+            )
+        if targets_key not in raw:
+            raise KeyError(
+                f"batch {index} has no key {targets_key!r} (targets={targets_key!r}); its keys "
+                f"are {sorted(map(str, raw))}"
+            )
+        inputs = {k: v for k, v in raw.items() if k != targets_key}
+        return inputs, raw[targets_key]
+    if isinstance(raw, Mapping):
+        raise TypeError(
+            f"batch {index} is a dict with keys {sorted(map(str, raw))}; pass the key of the "
+            "targets, e.g. dc.hessian(model, loss_fn, data, targets='labels') (the model is then "
+            "called with the other keys), or give batches as pairs (inputs, targets)"
+        )
+    if not isinstance(raw, (tuple, list)) or len(raw) != 2:
         kind = type(raw).__name__ + (f" of length {len(raw)}" if hasattr(raw, "__len__") else "")
         raise TypeError(
             f"batch {index} is a {kind}; each batch must be a pair (inputs, targets), e.g. a "
             "DataLoader over a TensorDataset(x, y) or a list of (x, y) tuples"
         )
-    inputs, targets = raw
+    return raw[0], raw[1]
+
+
+def prepare_batch(
+    raw: Any,
+    index: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    targets_key: str | None = None,
+) -> Batch:
+    """Check one raw batch and move it to ``device`` / ``dtype``.
+
+    A batch is a pair ``(inputs, targets)``, or (with ``targets_key``) a dict holding the targets
+    under that key and the model's keyword inputs under the others.
+
+    Raises:
+        TypeError: the batch is not a pair of inputs and a target tensor (or not a dict with
+            ``targets_key``).
+        KeyError: a dict batch lacks ``targets_key``.
+        ValueError: the targets have no leading (sample) dimension.
+    """
+    inputs, targets = split_batch(raw, index, targets_key)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(
             f"the targets of batch {index} are a {type(targets).__name__}; they must be a tensor "
@@ -101,11 +146,22 @@ class BatchSource:
         dtype: dtype of floating tensors.
         cache: keep the prepared batches after the first complete pass (memory: the whole data
             set on ``device`` in ``dtype``).
+        targets_key: the key of the targets in dict batches (``None``: pairs).
     """
 
     def __init__(
-        self, data: Iterable[Any], device: torch.device, dtype: torch.dtype, cache: bool = False
+        self,
+        data: Iterable[Any],
+        device: torch.device,
+        dtype: torch.dtype,
+        cache: bool = False,
+        targets_key: str | None = None,
     ) -> None:
+        if targets_key is not None and not isinstance(targets_key, str):
+            raise TypeError(
+                f"targets must be None or the key (a str) of the targets in dict batches, got "
+                f"{type(targets_key).__name__}"
+            )
         if isinstance(data, (torch.Tensor, Mapping)) or not isinstance(data, Iterable):
             raise TypeError(
                 f"data must be an iterable of (inputs, targets) batches (a DataLoader or a list of "
@@ -118,6 +174,7 @@ class BatchSource:
             )
         self.data = data
         self.device, self.dtype, self.cache = device, dtype, cache
+        self.targets_key = targets_key
         self._cached: list[Batch] | None = None
         self.num_batches: int | None = None
         self.num_samples: int | None = None
@@ -133,7 +190,7 @@ class BatchSource:
         kept: list[Batch] = []
         count, n_total = 0, 0
         for i, raw in enumerate(self.data):
-            batch = prepare_batch(raw, i, self.device, self.dtype)
+            batch = prepare_batch(raw, i, self.device, self.dtype, self.targets_key)
             if self.cache:
                 kept.append(batch)
             count += 1
@@ -167,11 +224,9 @@ class BatchSource:
                 pass
         n, count = 0, 0
         for i, raw in enumerate(self.data):
-            if not isinstance(raw, (tuple, list)) or len(raw) != 2:
-                prepare_batch(raw, i, self.device, self.dtype)  # raises the clear error
-            targets = raw[1]
+            _, targets = split_batch(raw, i, self.targets_key)
             if not isinstance(targets, torch.Tensor) or targets.ndim == 0:
-                prepare_batch(raw, i, self.device, self.dtype)
+                prepare_batch(raw, i, self.device, self.dtype, self.targets_key)  # the clear error
             n += int(targets.shape[0])
             count += 1
         if count == 0:

@@ -128,7 +128,10 @@ class FisherOperator(CurvatureOperator):
         self, block: Block, fixed: Tensors, batch: Batch
     ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         lin = LinearisedOutput(
-            lambda p: self._forward(p, fixed, batch), block.leaves, block.tangents, block.single
+            lambda p: self._output_tensor(p, fixed, batch),
+            block.leaves,
+            block.tangents,
+            block.single,
         )
         out, y, k = lin.output, batch.targets, block.k
         with torch.no_grad():
@@ -162,6 +165,7 @@ def fisher(
     device: torch.device | str | None = None,
     cache: bool = False,
     verbose: bool = False,
+    targets: str | None = None,
 ) -> FisherOperator:
     """The Fisher information of ``model`` over ``data`` as a ``(P, P)`` linear operator.
 
@@ -174,6 +178,8 @@ def fisher(
     In a ``torch.distributed`` process group each rank draws the targets of its own samples from
     its own stream (``seed`` mixed with the rank; pass the same ``seed`` on every rank).
     Other arguments and the batch weighting are those of :func:`deepcurvature.hessian`.
+    Like :func:`deepcurvature.ggn`, a non-tensor model output needs a built-in loss (of its
+    logits).
 
     Returns:
         A :class:`FisherOperator` (symmetric positive semi-definite).
@@ -195,4 +201,5 @@ def fisher(
         device=device,
         cache=cache,
         verbose=verbose,
+        targets=targets,
     )

@@ -33,7 +33,10 @@ class GGNOperator(CurvatureOperator):
         self, block: Block, fixed: Tensors, batch: Batch
     ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         lin = LinearisedOutput(
-            lambda p: self._forward(p, fixed, batch), block.leaves, block.tangents, block.single
+            lambda p: self._output_tensor(p, fixed, batch),
+            block.leaves,
+            block.tangents,
+            block.single,
         )
         y = batch.targets
         with torch.no_grad():
@@ -54,6 +57,7 @@ def ggn(
     device: torch.device | str | None = None,
     cache: bool = False,
     verbose: bool = False,
+    targets: str | None = None,
 ) -> GGNOperator:
     """The generalised Gauss-Newton matrix of the mean loss of ``model`` over ``data``.
 
@@ -64,6 +68,11 @@ def ggn(
     BCE-with-logits, each scaled exactly as torch's mean reduction; any other loss is
     differentiated automatically. Arguments, batch weighting and the returned helpers are those of
     :func:`deepcurvature.hessian`.
+
+    The output Hessian needs the loss as a function of a tensor: a model whose output is not a
+    tensor (a dict, a ``ModelOutput``) works with a built-in loss, applied to its logits (the
+    ``logits`` attribute or ``"logits"`` key); a custom loss of such an output raises a
+    ``TypeError`` at the first product (wrap the model so that it returns the loss's tensor).
 
     Returns:
         A :class:`GGNOperator` (symmetric positive semi-definite for convex losses).
@@ -79,4 +88,5 @@ def ggn(
         device=device,
         cache=cache,
         verbose=verbose,
+        targets=targets,
     )

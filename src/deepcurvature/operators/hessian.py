@@ -238,6 +238,7 @@ def hessian(
     cache: bool = False,
     verbose: bool = False,
     engine: str = "reverse",
+    targets: str | None = None,
 ) -> HessianOperator:
     """The Hessian of the mean loss of ``model`` over ``data`` as a ``(P, P)`` linear operator.
 
@@ -265,6 +266,13 @@ def hessian(
         engine: ``"reverse"`` (reverse-over-reverse, the default: fastest in ``benchmarks/hvp.py``
             and works for every twice-differentiable op) or ``"forward"`` (forward-over-reverse
             with ``torch.func``); both are exact.
+        targets: ``None`` (batches are pairs ``(inputs, targets)``) or the key of the targets in
+            dict batches (HuggingFace style, ``targets="labels"``): the model is called with the
+            other keys as keyword arguments and ``loss_fn`` gets ``batch["labels"]``.
+
+    ``loss_fn`` gets the model's output unchanged when it is a custom function (a dict output with
+    ``lambda o, y: F.cross_entropy(o["logits"], y)``); the built-in losses are applied to the
+    logits of a non-tensor output (its ``logits`` attribute or ``"logits"`` key).
 
     Inside an initialised ``torch.distributed`` process group, ``data`` is this rank's shard (a
     list of batches or a DataLoader, e.g. over a ``DistributedSampler``, which pads the shards to
@@ -296,4 +304,5 @@ def hessian(
         cache=cache,
         verbose=verbose,
         engine=engine,
+        targets=targets,
     )

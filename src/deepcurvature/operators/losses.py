@@ -20,13 +20,22 @@ network output ``f`` (shape ``(B, ...)``) for one batch with targets ``y``:
   the model's predictive distribution: categorical for cross-entropy, Bernoulli for BCE, Gaussian
   for MSE. Their per-sample outer products average to the GGN: the Monte Carlo Fisher.
 
+Model outputs that are not tensors (a dict or a HuggingFace ``ModelOutput``): a user's own loss
+function gets the model's output unchanged (``loss_fn(output, targets)``, e.g.
+``lambda o, y: F.cross_entropy(o["logits"], y)``), which is all the Hessian needs. The built-in
+losses above are applied to the output's *logits*: its ``logits`` attribute, else its ``"logits"``
+key (:func:`output_logits`). The GGN and the Fisher apply the loss's Hessian and gradient in output
+space, so they need the loss as a function of a tensor: with a non-tensor output they take a
+built-in loss (of the logits); a custom loss of a non-tensor output raises a ``TypeError`` there
+(wrap the model so that it returns the tensor the loss takes).
+
 Every loss must be *separable over samples* (a sum of terms each depending on one sample's output),
 which holds for all mean-reduced losses; losses coupling samples (contrastive losses) are not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,7 +43,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vjp, vmap
 
-__all__ = ["OutputLoss", "SequenceCrossEntropyLoss"]
+__all__ = ["OutputLoss", "SequenceCrossEntropyLoss", "output_logits"]
+
+
+def output_logits(result: Any, index: int) -> torch.Tensor:
+    """The logits tensor of a model output that is not a tensor.
+
+    The ``logits`` attribute (a HuggingFace ``ModelOutput``), else the ``"logits"`` key of a dict.
+
+    Raises:
+        TypeError: ``result`` has neither (the message names the batch and the fix).
+    """
+    logits = getattr(result, "logits", None)
+    if logits is None and isinstance(result, Mapping):
+        logits = result.get("logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    keys = f" with keys {sorted(map(str, result))}" if isinstance(result, Mapping) else ""
+    raise TypeError(
+        f"the model returned a {type(result).__name__}{keys} on batch {index}; the built-in losses "
+        "and the GGN/Fisher need a tensor output (or one with a .logits attribute or 'logits' "
+        "key): pass your own loss_fn(output, targets) of this output (Hessian only) or wrap the "
+        "model so that it returns the tensor the loss takes"
+    )
 
 
 class SequenceCrossEntropyLoss(nn.CrossEntropyLoss):
@@ -135,9 +166,36 @@ class OutputLoss:
         fn = self.loss_fn
         return type(fn).__name__ if isinstance(fn, nn.Module) else getattr(fn, "__name__", "loss")
 
-    def __call__(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``loss_fn(output, targets)``."""
+    def __call__(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
+        """``loss_fn(output, targets)``.
+
+        ``output`` is what :meth:`loss_input` made of the model's output.
+        """
         return self.loss_fn(output, targets)
+
+    def loss_input(self, result: Any, index: int) -> Any:
+        """What the loss takes of a model output ``result`` that is not a tensor.
+
+        A custom loss gets ``result`` unchanged; a built-in loss its logits
+        (:func:`output_logits`).
+        """
+        if self.kind == "generic":
+            return result
+        return output_logits(result, index)
+
+    def check_tensor(self, out: Any, index: int | None = None) -> torch.Tensor:
+        """``out`` if it is a tensor; else a ``TypeError`` (GGN/Fisher need a tensor output)."""
+        if isinstance(out, torch.Tensor):
+            return out
+        where = "" if index is None else f" on batch {index}"
+        raise TypeError(
+            f"the GGN and the Fisher need the loss as a function of a tensor output (they apply "
+            f"its Hessian/gradient in output space), but the model returned a {type(out).__name__}"
+            f"{where} and loss_fn ({self.name}) is a custom function of it: use a built-in loss "
+            "(nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss or their functional forms), "
+            "which is applied to the output's logits, or wrap the model so that it returns the "
+            "tensor your loss takes (dc.hessian accepts any loss of any output)"
+        )
 
     def forward_ad_safe(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The same loss, written so that forward-mode AD of its gradient works.
@@ -206,6 +264,7 @@ class OutputLoss:
 
         ``H_out`` is the Hessian of ``loss_fn(out, y)`` with respect to ``out``.
         """
+        out = self.check_tensor(out)
         mode = self._mode(out, y)
         if mode in ("ce_index", "ce_prob"):
             p, c = self._ce_parts(out, y, mode)
@@ -225,6 +284,7 @@ class OutputLoss:
 
     def output_gradient(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad_out loss_fn(out, y)``, same shape as ``out`` (row ``i`` is sample ``i``'s)."""
+        out = self.check_tensor(out)
         return grad(lambda z: self.loss_fn(z, y))(out)
 
     # -- Monte Carlo Fisher -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from .batch_extremes import plot_batch_extremes
 from .comparison import plot_comparison
 from .landscape import plot_loss_landscape
 from .local_statistics import plot_local_statistics
+from .loss_stats import plot_loss_stats
 from .maxent import plot_maxent
 from .outliers import plot_outliers
 from .spectrum import SPECTRUM_MODES, plot_spectrum, read_spectrum, save_figure
@@ -16,6 +17,7 @@ __all__ = [
     "SPECTRUM_MODES",
     "plot_comparison",
     "plot_loss_landscape",
+    "plot_loss_stats",
     "plot_spectrum",
     "plot_training",
     "read_spectrum",

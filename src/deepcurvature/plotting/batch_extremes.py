@@ -5,8 +5,8 @@ mini-batch matrix (small dots), their mean with one standard deviation (error ba
 law ``a + c (1/B - 1/N)`` (a curve) and the full-data ``lambda_max`` (a dashed line); optionally
 the same for ``lambda_min``. With ``kind="lr"`` it draws the predicted maximal SGD learning rate
 ``2 / lambda_max(B)`` (fitted and measured) with the linear-scaling reference ``propto B``, and
-the relative Adam rate (square-root scaling) on a second axis. Figures are built without pyplot
-state; colours are the Okabe-Ito palette.
+the relative Adam rate (square-root scaling) on a second axis. A new figure is created through
+pyplot (``plt.show()`` displays it), ``ax=`` draws into given axes; Okabe-Ito colours.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from .style import (
     keep_data_below,
     laid_out_axes_size,
     matrix_label,
+    new_figure,
 )
 
 __all__ = ["PLACEMENTS", "plot_comparison"]
@@ -240,7 +241,7 @@ def plot_comparison(
         )
 
     if ax is None:
-        fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+        fig = new_figure(7.5, 4.8)
         ax = fig.add_subplot()
     else:
         fig = ax.figure

@@ -11,7 +11,8 @@
   contour lines, a colour bar and ``w*`` marked; the quadratic model as dashed contours at the
   same levels.
 
-Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, nothing blocks).
+A new figure is created through pyplot (``plt.show()`` and notebooks display it; without a
+display the backend is the non-interactive Agg and nothing blocks); ``ax=`` draws into given axes.
 Colours are the Okabe-Ito palette (distinguishable under the common colour-vision deficiencies),
 with line styles and markers cycling after eight directions; the 2-D colour map is viridis.
 """
@@ -22,13 +23,14 @@ import os
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..analysis.landscape import LandscapeResult
 from ..io.errors import invalid_file, read_failure
 from ..io.results import RESULT_FILE, result_paths
-from .style import PALETTE, PercentTickFormatter
+from .style import PALETTE, PercentTickFormatter, new_figure
 
 __all__ = ["LANDSCAPE_COLORS", "plot_loss_landscape"]
 
@@ -147,11 +149,27 @@ def _finite_range(*arrays: np.ndarray) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _legend(fig: Figure, axes: list[Axes], handles: list[Any], ncol: int, own: bool) -> None:
+    """The legend below the panels of a new figure, or in the first of the caller's axes."""
+    if own:
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=ncol, fontsize="small",
+            frameon=False,
+        )  # fmt: skip
+    else:
+        axes[0].legend(handles=handles, fontsize="small", framealpha=0.9)
+
+
 def _plot_1d(
-    fig: Figure, res: LandscapeResult, metric: str, split: str, quadratic: bool, shown: list[int]
+    fig: Figure,
+    axes: list[Axes],
+    panels: list[tuple[str, np.ndarray]],
+    res: LandscapeResult,
+    metric: str,
+    quadratic: bool,
+    shown: list[int],
+    own: bool,
 ) -> None:
-    panels = _panels(res, metric, split)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     t = res.t
     handles: list[Any] = []
     has_quadratic = False
@@ -193,9 +211,7 @@ def _plot_1d(
         label = "quadratic model L + t g·u + θt²/2"
         handles.append(Line2D([], [], color="#444444", linestyle="--", linewidth=1.1, label=label))
     ncol = min(3 if len(panels) > 1 else 2, len(handles))
-    fig.legend(
-        handles=handles, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False
-    )
+    _legend(fig, axes, handles, ncol, own)
 
 
 def _levels(values: list[np.ndarray], levels: Any, log_levels: bool | None) -> np.ndarray:
@@ -214,17 +230,17 @@ def _levels(values: list[np.ndarray], levels: Any, log_levels: bool | None) -> n
 
 def _plot_2d(
     fig: Figure,
+    axes: list[Axes],
+    panels: list[tuple[str, np.ndarray]],
     res: LandscapeResult,
     metric: str,
-    split: str,
     quadratic: bool,
     levels: Any,
     log_levels: bool | None,
+    own: bool,
 ) -> None:
     from matplotlib.colors import BoundaryNorm
 
-    panels = _panels(res, metric, split)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     t = res.t
     scale = 100.0 if metric == "accuracy" else 1.0
     star = {"marker": "*", "color": "#D55E00", "markersize": 13, "markeredgecolor": "black"}
@@ -254,10 +270,7 @@ def _plot_2d(
         ax.set_ylabel(_x_label(res, 1))
         ax.set_title(f"{name.capitalize()} {metric}")
         ax.set_aspect("equal" if res.norms.size == 2 else "auto")
-    fig.legend(
-        handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small",
-        frameon=False,
-    )  # fmt: skip
+    _legend(fig, axes, handles, len(handles), own)
 
 
 def plot_loss_landscape(
@@ -271,6 +284,7 @@ def plot_loss_landscape(
     log_levels: bool | None = None,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
+    ax: Axes | Any = None,
 ) -> Figure:
     """Plot a loss landscape: curves along directions (1-D) or contours over a plane (2-D).
 
@@ -287,7 +301,11 @@ def plot_loss_landscape(
         log_levels: 2-D only: geometric levels (default: when the values span more than a
             factor 20).
         title: figure title (default: from the configuration).
-        figsize: figure size in inches.
+        figsize: figure size in inches (a new figure only).
+        ax: draw into these axes instead of a new figure: one :class:`~matplotlib.axes.Axes`
+            per panel (a sequence), or a single one, which with ``split="both"`` gets the
+            training panel. The legend goes into the first axes and a ``title`` given replaces
+            its title; the figure holding the axes is returned.
 
     Returns:
         The :class:`matplotlib.figure.Figure`.
@@ -299,16 +317,35 @@ def plot_loss_landscape(
         raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}")
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    n_panels = len(_panels(res, metric, split))
-    if res.ndim == 2:
-        fig = Figure(figsize=figsize or (6.2 * n_panels, 5.4), layout="constrained")
-        _plot_2d(fig, res, metric, split, quadratic, levels, log_levels)
+    panels = _panels(res, metric, split)
+    n_panels = len(panels)
+    shown = _select(res, directions) if res.ndim == 1 else []
+    if ax is not None:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        if len(axes) == 1:
+            panels = panels[:1]
+        if len(axes) != len(panels) or not all(isinstance(a, Axes) for a in axes):
+            raise ValueError(
+                f"ax must be one matplotlib Axes or {len(panels)} of them (one per panel of "
+                f"split={split!r}), got {len(axes)} objects"
+            )
+        fig = axes[0].get_figure()
+    elif res.ndim == 2:
+        fig = new_figure(*(figsize or (6.2 * n_panels, 5.4)))
     else:
-        shown = _select(res, directions)
         rows = -(-(len(shown) + 1) // (3 if n_panels > 1 else 2))
         width = 5.6 * n_panels if n_panels > 1 else 6.6
-        fig = Figure(figsize=figsize or (width, 4.2 + 0.25 * rows), layout="constrained")
-        _plot_1d(fig, res, metric, split, quadratic, shown)
+        fig = new_figure(*(figsize or (width, 4.2 + 0.25 * rows)))
+    if ax is None:
+        axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
+    if res.ndim == 2:
+        _plot_2d(fig, axes, panels, res, metric, quadratic, levels, log_levels, ax is None)
+    else:
+        _plot_1d(fig, axes, panels, res, metric, quadratic, shown, ax is None)
+    if ax is not None:
+        if title:
+            axes[0].set_title(title)
+        return fig
     if title is None:
         title = _default_title(res, metric)
     if title:

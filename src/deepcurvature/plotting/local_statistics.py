@@ -4,8 +4,8 @@
 :class:`~deepcurvature.analysis.local_statistics.LocalStatistics` (or of a file written by its
 ``save``) as a density histogram on ``[0, 1]`` with the folded GOE surmise and the Poisson law,
 their means as vertical lines, and ``<r~> ± standard error`` and the Kolmogorov-Smirnov distances
-in the legend. Built on :class:`~matplotlib.figure.Figure` (no pyplot state); Okabe-Ito colours,
-and the two laws also differ in line style.
+in the legend. A new figure is created through pyplot (``plt.show()`` displays it), ``ax=``
+draws into given axes; Okabe-Ito colours, and the two laws also differ in line style.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..analysis.local_statistics import (
     goe_ratio_density,
     poisson_ratio_density,
 )
-from .style import OKABE_ITO
+from .style import OKABE_ITO, new_figure
 
 __all__ = ["plot_local_statistics"]
 
@@ -60,7 +60,7 @@ def plot_local_statistics(
     if not isinstance(result, LocalStatistics):
         result = LocalStatistics.load(result)
     if ax is None:
-        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        fig = new_figure(7.0, 4.5)
         ax = fig.add_subplot()
     else:
         fig = ax.figure

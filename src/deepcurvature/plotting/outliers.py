@@ -2,8 +2,8 @@
 
 :func:`plot_outliers` draws the spectrum (a histogram of eigenvalues on a logarithmic count
 axis, or the stems of a spectral density), shades the bulk between its edges and marks each
-outlier with a diamond and its value. Built on :class:`~matplotlib.figure.Figure` (no pyplot
-state), Okabe-Ito colours.
+outlier with a diamond and its value. A new figure is created through pyplot (``plt.show()``
+displays it), ``ax=`` draws into given axes; Okabe-Ito colours.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.outliers import OutlierResult
 from ..linalg.density import SpectralDensity
-from .style import OKABE_ITO
+from .style import OKABE_ITO, new_figure
 
 __all__ = ["plot_outliers"]
 
@@ -66,7 +66,7 @@ def plot_outliers(
         The figure.
     """
     if ax is None:
-        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        fig = new_figure(7.0, 4.5)
         ax = fig.add_subplot()
     else:
         fig = ax.figure

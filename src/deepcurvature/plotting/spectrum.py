@@ -19,8 +19,9 @@ histogram: when at most three bars hold over :data:`MASS_CLIP_RATIO` times the m
 others, the axis is limited to the rest and those bars are cut at its top, their masses written
 there. ``mass_scale="log"`` shows everything without clipping, ``mass_ylim`` sets the limits.
 
-Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot state, nothing
-opens a window or blocks, it works without a display. Colours are the Okabe-Ito palette, which
+A new figure is created through pyplot (``plotting.style.new_figure``: ``plt.show()`` and
+notebooks display it; without a display matplotlib's backend is the non-interactive Agg and nothing
+blocks); ``ax=`` draws into given axes instead. Colours are the Okabe-Ito palette, which
 stays distinguishable under the common colour-vision deficiencies.
 """
 
@@ -43,7 +44,7 @@ from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_facto
 from ..io import atomic_write_bytes
 from ..io.results import npz_names, read_json, read_npz, result_paths
 from ..linalg.density import SpectralDensity, density_metadata_from_file
-from .style import OKABE_ITO, matrix_label
+from .style import OKABE_ITO, close_figure, matrix_label, new_figure
 
 __all__ = [
     "COLORS",
@@ -429,7 +430,7 @@ def plot_spectrum(
     mass_ylim = _check_mass_options(mass_ylim, mass_scale, log_weights)
 
     if ax is None:
-        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        fig = new_figure(7.0, 4.5)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -676,7 +677,7 @@ def _plot_cdf(
     as round-off.
     """
     if ax is None:
-        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        fig = new_figure(7.0, 4.5)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -720,8 +721,14 @@ def _plot_cdf(
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+def save_figure(
+    fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = False
+) -> Path:
     """Write ``fig`` to ``path`` atomically; the format (PNG, PDF or SVG) comes from the suffix.
+
+    With ``close=True`` the figure is closed in pyplot afterwards (``plt.close(fig)``), so code
+    that only writes files (the command line, reports) does not keep figures open; the default
+    keeps it open for ``plt.show()``.
 
     Returns:
         The path written.
@@ -737,6 +744,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path
             f"one of {', '.join(_FORMATS)}"
         )
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi)
+    try:
+        fig.savefig(buf, format=fmt, dpi=dpi)
+    finally:
+        if close:
+            close_figure(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path

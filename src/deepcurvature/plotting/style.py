@@ -7,8 +7,10 @@ told apart also differ in line style or marker, so that the figures read in grey
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ __all__ = [
     "PercentTickFormatter",
     "artist_size_inches",
     "below_xaxis_inches",
+    "close_figure",
+    "closing_new_figures",
     "free_fraction",
     "keep_data_below",
     "laid_out_axes_size",
@@ -90,8 +94,41 @@ def log_scale_fits(values: Sequence[float] | np.ndarray, decades: float = 1.0) -
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A :class:`~matplotlib.figure.Figure` with the constrained layout (no pyplot state)."""
-    return Figure(figsize=(width, height), layout="constrained")
+    """A new figure with the constrained layout, created through :mod:`matplotlib.pyplot`.
+
+    Made by ``plt.figure`` (as matplotlib users expect) so that ``plt.show()`` and notebooks
+    display it; the backend is whatever matplotlib chose (no backend is forced: without a
+    display it is the non-interactive Agg, and nothing blocks). Code that only saves a figure
+    closes it afterwards (``save_figure(..., close=True)``, ``plt.close(fig)``).
+    """
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def close_figure(fig: Figure) -> None:
+    """Close ``fig`` in pyplot (a no-op for a figure pyplot does not manage)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+@contextlib.contextmanager
+def closing_new_figures() -> Iterator[None]:
+    """Close, on leaving the block, the pyplot figures opened inside it (the others stay open).
+
+    For code that only writes figures to files (reports, the command line): nothing it draws
+    stays registered with pyplot, even when it fails half way.
+    """
+    plt = sys.modules.get("matplotlib.pyplot")
+    before = set(plt.get_fignums()) if plt is not None else set()
+    try:
+        yield
+    finally:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            for num in set(plt.get_fignums()) - before:
+                plt.close(num)
 
 
 def laid_out_axes_size(ax: Axes) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io.results import read_json
-from .style import OKABE_ITO, PALETTE, log_scale_fits
+from .style import OKABE_ITO, PALETTE, log_scale_fits, new_figure
 
 __all__ = ["plot_training", "read_training_stats"]
 
@@ -276,7 +276,7 @@ def _plot_runs(
     if labels is not None and len(labels) != len(sources):
         raise ValueError(f"{len(labels)} labels for {len(sources)} runs: give one label per run")
     if ax is None:
-        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        fig = new_figure(6.4, 4.4)
         ax = fig.add_subplot()
     else:
         fig = ax.get_figure(root=True)
@@ -407,9 +407,7 @@ def plot_training(
     n = len(panels)
     ncols = 2 if n == 4 else n
     nrows = 2 if n == 4 else 1
-    fig = Figure(
-        figsize=((5.0 if ncols < 3 else 4.6) * ncols, 3.6 * nrows + 0.5), layout="constrained"
-    )
+    fig = new_figure((5.0 if ncols < 3 else 4.6) * ncols, 3.6 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
 
     loss_name = config.get("loss")

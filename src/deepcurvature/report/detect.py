@@ -7,6 +7,8 @@ deepcurvature writes these kinds of results, told apart by their JSON metadata:
 * ``"spectrum"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "SpectrumResult"`` or
   ``"SpectralDensity"`` (or an ``.npz`` with ``nodes`` and ``weights`` arrays and no JSON);
 * ``"landscape"``: ``NAME.npz`` + ``NAME.json`` with ``"kind": "LandscapeResult"``;
+* ``"loss-stats"``: the JSON file of ``compute_loss_stats`` / ``deepcurvature stats``
+  (``"format": "deepcurvature-loss-stats"``, one row per checkpoint);
 * ``"checkpoint"``: ``checkpoint-EEEEE.pt``;
 * the random-matrix analyses, ``NAME.npz`` + ``NAME.json`` with the ``"kind"`` of their result
   class (:data:`ANALYSIS_KINDS`): ``"maxent"`` (``MaxEntResult``), ``"outliers"``
@@ -32,6 +34,7 @@ from ..io.results import read_json as _read_json
 __all__ = [
     "ANALYSIS_KINDS",
     "LANDSCAPE_KINDS",
+    "LOSS_STATS_FORMAT",
     "SPECTRUM_KINDS",
     "STATS_FORMAT",
     "check_spectrum_file",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 STATS_FORMAT = "deepcurvature-stats"
+LOSS_STATS_FORMAT = "deepcurvature-loss-stats"  # suite.loss_stats (not imported here: torch)
 SPECTRUM_KINDS = ("SpectrumResult", "SpectralDensity")
 LANDSCAPE_KINDS = ("LandscapeResult",)
 #: The ``"kind"`` of an analysis result file -> the kind :func:`detect_result` names.
@@ -55,7 +59,8 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 _FIX_JSON = "give a file written by deepcurvature (it may have been cut short or edited)"
 _EXPECTED = (
     "a spectrum (.npz/.json written by SpectrumResult.save or SpectralDensity.save), a "
-    "training run's stats.json or its folder, a landscape file (LandscapeResult), or an "
+    "training run's stats.json or its folder, a landscape file (LandscapeResult), loss "
+    "statistics (loss_stats.json written by compute_loss_stats), or an "
     "analysis result (MaxEntResult, OutlierResult, LocalStatistics, BatchExtremesResult)"
 )
 
@@ -82,6 +87,8 @@ def _kind_of_json(doc: Any) -> str | None:
         return None
     if doc.get("format") == STATS_FORMAT:
         return "training"
+    if doc.get("format") == LOSS_STATS_FORMAT:
+        return "loss-stats"
     kind = doc.get("kind")
     if kind in SPECTRUM_KINDS:
         return "spectrum"
@@ -101,8 +108,9 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
 
     Returns:
         ``(kind, file)``: kind is ``"training"``, ``"spectrum"``, ``"landscape"``,
-        ``"checkpoint"`` or one of the values of :data:`ANALYSIS_KINDS`; file is the file to
-        read (``stats.json`` for a folder, the ``.npz`` of an npz + JSON result).
+        ``"loss-stats"``, ``"checkpoint"`` or one of the values of :data:`ANALYSIS_KINDS`;
+        file is the file to read (``stats.json`` for a folder, the ``.npz`` of an npz + JSON
+        result, the JSON file itself for training and loss statistics).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -128,7 +136,7 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
     if p.suffix == ".json":
         doc = read_json(p)
         kind = _kind_of_json(doc)
-        if kind == "training":
+        if kind in ("training", "loss-stats"):
             return kind, p
         npz = p.with_suffix(".npz")
         if kind is not None:
@@ -147,7 +155,7 @@ def detect_result(path: str | os.PathLike) -> tuple[str, Path]:
         if sidecar.is_file():
             doc = read_json(sidecar)
             kind = _kind_of_json(doc)
-            if kind is not None and kind != "training":
+            if kind is not None and kind not in ("training", "loss-stats"):
                 return kind, p
             if isinstance(doc, dict) and "kind" in doc:
                 raise ValueError(
@@ -227,7 +235,7 @@ def plot_result(
         path: the result file or run folder.
         mode: for spectra, a mode of ``plot_spectrum`` (``"lanczos"``, ``"smooth"``, ``"cdf"``).
         **kwargs: passed to the plotting function (``plot_spectrum``, ``plot_training``,
-            ``plot_loss_landscape``, ``plot_maxent``, ``plot_outliers``,
+            ``plot_loss_landscape``, ``plot_loss_stats``, ``plot_maxent``, ``plot_outliers``,
             ``plot_local_statistics`` or ``plot_batch_extremes``).
 
     Returns:
@@ -245,6 +253,10 @@ def plot_result(
     if kind == "spectrum":
         check_spectrum_file(file)
         return kind, plot_spectrum(mode, path=file, **kwargs)
+    if kind == "loss-stats":
+        from ..plotting.loss_stats import plot_loss_stats
+
+        return kind, plot_loss_stats(file, **kwargs)
     if kind == "landscape":
         plot = landscape_plotter()
         if plot is None:

@@ -290,8 +290,13 @@ def _flatten(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
 
 
 def _image(fig: Figure, alt: str, dpi: int) -> str:
+    from ..plotting.style import close_figure
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        close_figure(fig)  # embedded in the page: nothing stays open in pyplot
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
 
@@ -722,10 +727,13 @@ def render_report(
         ("Checkpoints", c.checkpoints, lambda: _checkpoint_section(page, c.checkpoints)),
         ("Other files", c.other, lambda: _other_section(page, c.other, c.unreadable)),
     )
-    for name, present, render in sections:
-        if present:
-            page.heading(2, name)
-            render()
+    from ..plotting.style import closing_new_figures
+
+    with closing_new_figures():  # also the figures of a section that failed half way
+        for name, present, render in sections:
+            if present:
+                page.heading(2, name)
+                render()
 
     title = title or f"deepcurvature report: {page.folder(root)}"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -18,7 +18,9 @@ DESCRIPTION = (
     "a kernel-smoothed curve, --mode cdf draws the cumulative spectral mass); a training run's "
     "stats.json, or its folder, gives the loss, accuracy and learning-rate curves; a loss "
     "landscape file (LandscapeResult) gives the loss (with --metric accuracy: the accuracy) "
-    "along each direction. The results of the random-matrix analyses are drawn by their plot "
+    "along each direction; loss statistics (loss_stats.json of 'deepcurvature stats') give the "
+    "gradient noise, curvature noise and shrinkage coefficient per layer over the checkpoints. "
+    "The results of the random-matrix analyses are drawn by their plot "
     "functions: a maximum-entropy density (MaxEntResult, over the stems of its spectrum when "
     "the file it came from is still there), outliers (OutlierResult), spacing-ratio statistics "
     "(LocalStatistics) and batch-size extremes (BatchExtremesResult). The figure goes next to "
@@ -30,6 +32,7 @@ _NOUN = {
     "training": "training run",
     "spectrum": "spectrum",
     "landscape": "loss landscape",
+    "loss-stats": "loss statistics file",
     "maxent": "maximum-entropy density",
     "outliers": "outlier result",
     "local-statistics": "local-statistics result",
@@ -71,6 +74,7 @@ def _default_out(kind: str, file: Path, mode: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ...plotting import save_figure
+    from ...plotting.style import close_figure
     from ...report import detect_result, plot_result
 
     source = Path(args.result_file)
@@ -103,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
         out.parent, kind="plot", outputs=names, overwrite=args.overwrite, fix="pass --overwrite"
     ):
         _, fig = plot_result(file, **extra)
-        print(save_figure(fig, out, dpi=args.dpi))
-        if args.pdf:
-            print(save_figure(fig, out.with_suffix(".pdf")))
+        try:
+            print(save_figure(fig, out, dpi=args.dpi))
+            if args.pdf:
+                print(save_figure(fig, out.with_suffix(".pdf")))
+        finally:
+            close_figure(fig)  # written: nothing stays open in pyplot
     return 0
