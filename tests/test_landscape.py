@@ -546,7 +546,7 @@ def test_plot_one_and_two_dimensional(tmp_path):
 # ---------------------------------------------------------------- the paper's workflow
 def test_build_loss_landscape_from_a_real_checkpoint_and_spectrum(tmp_path):
     run = dc.train_network(tmp_path / "run", "digits", model="mlp", epochs=3,
-                           optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, subsample=400, seed=0,
+                           optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, subsample=300, seed=0,
                            model_kwargs={"hidden": (16,)}, device="cpu", verbose=False)  # fmt: skip
     ckpt = run.final_checkpoint
     spec = dc.compute_eigenspectrum("digits", None, "mlp", ckpt, lanczos_iters=10,
@@ -564,7 +564,8 @@ def test_build_loss_landscape_from_a_real_checkpoint_and_spectrum(tmp_path):
     np.testing.assert_allclose(res.thetas, res.eigenvalues, rtol=1e-3, atol=1e-4)
     assert res.info["N_train"] == 300 and res.info["N_test"] == 360
     assert list(res.config["model_kwargs"]["hidden"]) == [16]  # from the checkpoint
-    # the origin is the checkpoint's loss over the same subsample, computed independently
+    # the origin is the checkpoint's loss over the run's (recorded) subsample, computed
+    # independently
     bundle = dc.load_data("digits", batch_size=64, augment=False, shuffle_train=False,
                           subsample=300, seed=0)  # fmt: skip
     net = dc.get_model("mlp", hidden=(16,), **bundle.model_kwargs())

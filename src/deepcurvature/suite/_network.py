@@ -15,6 +15,8 @@ from ..io.results import stored_path
 __all__ = [
     "build_network",
     "check_memory",
+    "checkpoint_options",
+    "describe_taken",
     "evaluation_data",
     "rank_shard",
     "recorded_path",
@@ -48,25 +50,135 @@ def evaluation_data(
     subsample_seed: int | None,
     download: bool,
     use_test: bool = True,
+    data_kwargs: dict[str, Any] | None = None,
+    within: int | None = None,
 ) -> Any:
     """The data set without augmentation or shuffling, optionally a seeded training subsample.
+
+    With ``within`` (the subsample a checkpoint's run was trained on, larger than
+    ``num_subsamples``) the ``num_subsamples`` samples are a seeded subset of those ``within``
+    training samples, so that the analysis only sees data the run was trained on.
 
     Returns:
         A :class:`~deepcurvature.data.DataBundle`.
     """
-    from ..data import load_data
+    import dataclasses
 
-    return load_data(
+    import numpy as np
+    from torch.utils.data import DataLoader, Subset
+
+    from ..data import load_data
+    from ..data.splits import random_subset
+
+    nested = within is not None and num_subsamples is not None and num_subsamples < within
+    seed = 0 if subsample_seed is None else subsample_seed
+    bundle = load_data(
         dataset,
         data_path,
         batch_size=batch_size,
         use_test=use_test,
         augment=False,
         shuffle_train=False,
-        subsample=num_subsamples,
-        seed=0 if subsample_seed is None else subsample_seed,
+        subsample=within if nested else num_subsamples,
+        seed=seed,
         download=download,
+        **(data_kwargs or {}),
     )
+    if not nested:
+        return bundle
+    stream = int(np.random.SeedSequence([int(seed), 3]).generate_state(1)[0])
+    keep = random_subset(len(bundle.train_set), int(num_subsamples), seed=stream)
+    subset = Subset(bundle.train_set, [int(i) for i in keep])
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    return dataclasses.replace(bundle, train_set=subset, train_loader=loader)
+
+
+#: The options of the analysis workflows that a checkpoint's config records: workflow argument
+#: -> config key. ``"hard"`` ones define the data or the model (a conflicting value is refused).
+_RECORDED = {
+    "model_kwargs": ("model_kwargs", True),
+    "num_subsamples": ("subsample", True),
+    "subsample_seed": ("subsample_seed", True),
+    "data_kwargs": ("data_kwargs", True),
+    "batch_size": ("batch_size", False),
+}
+
+
+def checkpoint_options(
+    checkpoint_path: str | os.PathLike | None,
+    given: dict[str, Any],
+    *,
+    model: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The data and model options of a workflow, filled in from a checkpoint's recorded config.
+
+    Args:
+        checkpoint_path: the checkpoint (``None``: the given values are returned unchanged).
+        given: the workflow's arguments (``num_subsamples``, ``subsample_seed``,
+            ``model_kwargs``, ``data_kwargs``, ``batch_size``); ``None`` means not given.
+        model: the model argument; ``model_kwargs`` is only taken over for the checkpoint's
+            model name (not for an ``nn.Module`` or another name).
+
+    Returns:
+        ``(values, from_checkpoint, note)``: the options to use, the ones taken from the
+        checkpoint, and a note for a checkpoint that records no data options (``None`` else).
+        A ``num_subsamples`` smaller than the run's subsample is allowed: ``values["within"]``
+        is then the run's subsample, for :func:`evaluation_data` to draw from.
+
+    Raises:
+        ValueError: one line, when a given value conflicts with the recorded one of an option
+            that defines the data or the model (the data it was trained on would change): a
+            ``num_subsamples`` larger than the run's subsample, another ``subsample_seed``,
+            other ``model_kwargs`` or ``data_kwargs``.
+    """
+    values = dict(given)
+    if checkpoint_path is None:
+        return values, {}, None
+    from ..training.checkpoint import read_checkpoint
+
+    cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
+    note = None
+    if cfg and "subsample" not in cfg:
+        note = (
+            f"{checkpoint_path} records no data options (written by an older deepcurvature): "
+            "the given or default subsample and data options are used"
+        )
+    taken: dict[str, Any] = {}
+    for arg, (key, hard) in _RECORDED.items():
+        if arg not in values or key not in cfg:
+            continue
+        if arg == "model_kwargs" and not (isinstance(model, str) and model == cfg.get("model")):
+            continue
+        if arg == "subsample_seed" and cfg.get("subsample") is None:
+            continue  # no subsample was drawn: its seed does not define the data
+        from ..training.setup import jsonable
+
+        recorded = cfg[key]
+        value = jsonable(values[arg])  # as recorded: tuples as lists
+        empty = (None, {}) if arg in ("model_kwargs", "data_kwargs") else (None,)
+        if values[arg] is None:
+            if recorded not in empty:
+                values[arg] = recorded
+                taken[arg] = recorded
+            continue
+        if hard and value != recorded and not (value in empty and recorded in empty):
+            if arg == "num_subsamples" and (recorded is None or value < recorded):
+                if recorded is not None:  # drawn from the run's own subsample
+                    values["within"] = recorded
+                continue  # a subsample of the training data the run used
+            raise ValueError(
+                f"{arg}={value!r} conflicts with the value {recorded!r} recorded in "
+                f"{checkpoint_path} (the run's {key}): leave it out to use the recorded value (the "
+                "data and model the checkpoint was trained with), or analyse another checkpoint"
+            )
+    return values, taken, note
+
+
+def describe_taken(taken: dict[str, Any]) -> str:
+    """``"num_subsamples=300, subsample_seed=0 (from the checkpoint)"``, or ``""``."""
+    if not taken:
+        return ""
+    return ", ".join(f"{k}={v!r}" for k, v in taken.items()) + " (from the checkpoint)"
 
 
 def rank_shard(loader: Any) -> Any:

@@ -13,6 +13,8 @@ from ..analysis.spectrum import SpectrumResult, spectrum
 from ._network import (
     build_network,
     check_memory,
+    checkpoint_options,
+    describe_taken,
     evaluation_data,
     rank_shard,
     selected_size,
@@ -63,7 +65,7 @@ def compute_eigenspectrum(
     lanczos_iters: int = 100,
     save_spectrum_path: str | os.PathLike | None = None,
     save_eigvec: bool = False,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     bn_train_mode: bool = False,
     num_subsamples: int | None = None,
     subsample_seed: int | None = None,
@@ -78,6 +80,7 @@ def compute_eigenspectrum(
     loss_fn: Any = None,
     download: bool = False,
     verbose: bool = True,
+    data_kwargs: dict[str, Any] | None = None,
 ) -> SpectrumResult:
     """Learn the spectrum of a network's curvature matrix at a checkpoint (paper Appendix C.1).
 
@@ -94,22 +97,34 @@ def compute_eigenspectrum(
             or ``"fisher_mc_lanczos"``.
         lanczos_iters: Lanczos steps ``m``.
         save_spectrum_path: where to write ``.npz`` + ``.json`` (``None``: not saved).
-        save_eigvec: keep (and save) the ``(P, m)`` Ritz vectors.
-        batch_size: batch size of the data passes (matters for ``bn_train_mode`` only).
+        save_eigvec: keep (and save) the ``(P, m)`` Ritz vectors. With several ``probes`` only
+            the first probe's Ritz vectors are kept (``config["ritz_vectors_probe"]`` is 0),
+            like ``ritz_values``; the density uses every probe.
+        batch_size: batch size of the data passes (matters for ``bn_train_mode`` only; default:
+            the checkpoint's training batch size, else 128).
         bn_train_mode: batch-norm layers use batch statistics (the loss as trained) instead of
             running statistics.
-        num_subsamples: use a seeded random subset of this many training samples.
-        subsample_seed: seed of that subset.
+        num_subsamples: use a seeded random subset of this many training samples (default: the
+            subsample the checkpoint's run was trained on, else the whole training set).
+        subsample_seed: seed of that subset (default: the checkpoint's, else 0).
         seed: seed of the Lanczos probe vectors.
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         probes: number of probe vectors.
         params: parameter subset (names, glob patterns or modules).
         dtype: evaluate in this dtype (e.g. ``torch.float64``).
         weight_decay: add ``weight_decay * I`` (the L2 term) to the matrix.
-        model_kwargs: keyword arguments of the model factory.
+        model_kwargs: keyword arguments of the model factory (default: the checkpoint's, for the
+            model name it records).
         loss_fn: the loss (default cross-entropy).
         download: allow downloading a missing data set (torchvision).
         verbose: progress bars.
+        data_kwargs: options of the named data set (default: the checkpoint's).
+
+    A checkpoint written by ``train_network`` records the run's data and model options; the
+    arguments above that are not given take the recorded values (listed in the result's
+    ``config["from_checkpoint"]``), and a data- or model-defining one given with another value
+    (``num_subsamples``, ``subsample_seed``, ``model_kwargs``, ``data_kwargs``) is refused with a
+    ``ValueError``.
 
     In a ``torch.distributed`` process group (``torchrun``) every rank loads the whole data set
     and evaluates its contiguous shard (the products are summed over the ranks), every rank
@@ -126,6 +141,19 @@ def compute_eigenspectrum(
         )
     matrix = CURVATURE_MATRICES[key]
     dev = resolve_device(device)
+    given: dict[str, Any] = {"model_kwargs": model_kwargs, "batch_size": batch_size}
+    if isinstance(dataset, str):  # data options apply to a data set given by name
+        given.update(
+            num_subsamples=num_subsamples, subsample_seed=subsample_seed, data_kwargs=data_kwargs
+        )
+    chosen, taken, note = checkpoint_options(checkpoint_path, given, model=model)
+    model_kwargs, batch_size = chosen["model_kwargs"], chosen["batch_size"] or 128
+    num_subsamples = chosen.get("num_subsamples", num_subsamples)
+    subsample_seed = chosen.get("subsample_seed", subsample_seed)
+    data_kwargs = chosen.get("data_kwargs", data_kwargs)
+    within = chosen.get("within")
+    if verbose and writes_files() and (taken or note):
+        print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
     bundle = evaluation_data(
         dataset,
         data_path,
@@ -133,6 +161,8 @@ def compute_eigenspectrum(
         num_subsamples=num_subsamples,
         subsample_seed=subsample_seed,
         download=download,
+        data_kwargs=data_kwargs,
+        within=within,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
     net = build_network(
@@ -173,8 +203,13 @@ def compute_eigenspectrum(
             "bn_train_mode": bn_train_mode,
             "num_subsamples": num_subsamples,
             "subsample_seed": subsample_seed,
+            "subsample_within": within,
             "params": params if params is None or isinstance(params, (str, list)) else str(params),
             "weight_decay": weight_decay,
+            "data_kwargs": data_kwargs or {},
+            "ritz_vectors_probe": 0 if save_eigvec else None,
+            "from_checkpoint": taken,
+            "checkpoint_note": note,
         },
     )
     if save_spectrum_path is not None and writes_files():  # rank 0 only in a process group

@@ -13,6 +13,8 @@ from ..analysis.landscape import LandscapeResult, loss_landscape
 from ..analysis.spectrum import SpectrumResult
 from ._network import (
     build_network,
+    checkpoint_options,
+    describe_taken,
     evaluation_data,
     rank_shard,
     recorded_path,
@@ -45,7 +47,7 @@ def build_loss_landscape(
     *,
     directions: Any = None,
     plane: Any = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     bn_recompute: bool = False,
     use_test: bool = True,
     device: str | torch.device | None = None,
@@ -61,6 +63,7 @@ def build_loss_landscape(
     loss_fn: Any = None,
     download: bool = False,
     verbose: bool = True,
+    data_kwargs: dict[str, Any] | None = None,
 ) -> LandscapeResult:
     """Loss and accuracy along the eigenvectors of a saved spectrum (paper section 9, App. C.2).
 
@@ -86,13 +89,13 @@ def build_loss_landscape(
             ``"extremes:3"`` (three largest and three smallest Ritz values) with a spectrum,
             ``"random:2"`` without.
         plane: a 2-D landscape instead: two direction specs (``"random:2"``, ``"largest:2"``...).
-        batch_size: batch size of the evaluation passes.
+        batch_size: batch size of the evaluation passes (default: the checkpoint's, else 128).
         bn_recompute: recompute batch-norm statistics at every point (one extra pass per point).
         use_test: evaluate on the test set (``False``: on the validation split).
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         num_subsamples: use a seeded random subset of this many training samples; default: the
-            spectrum's subsample, if it used one.
-        subsample_seed: seed of that subset (default: the spectrum's, else 0).
+            subsample the checkpoint's run was trained on, else the spectrum's, if any.
+        subsample_seed: seed of that subset (default: the checkpoint's or the spectrum's, else 0).
         seed: seed of random directions.
         params: parameters that move: ``"spectrum"`` (those of the spectrum, default), ``None``
             (all) or names/patterns.
@@ -105,6 +108,11 @@ def build_loss_landscape(
         loss_fn: the loss (default cross-entropy).
         download: allow downloading a missing data set.
         verbose: progress bars.
+        data_kwargs: options of the named data set (default: the checkpoint's).
+
+    The data options not given take the values recorded in the checkpoint (listed in the
+    result's ``config["from_checkpoint"]``); a conflicting ``num_subsamples``,
+    ``subsample_seed`` or ``data_kwargs`` is refused with a ``ValueError``.
 
     In a ``torch.distributed`` process group every rank loads the whole data set and passes its
     contiguous shard to :func:`deepcurvature.loss_landscape`; only rank 0 writes ``save_path``.
@@ -143,10 +151,27 @@ def build_loss_landscape(
                 break
     if params == "spectrum":
         params = spec_cfg.get("params")
-    if num_subsamples is None and spec_cfg.get("num_subsamples"):
+    if num_subsamples is None and spec_cfg.get("num_subsamples"):  # the spectrum's data
         num_subsamples = spec_cfg["num_subsamples"]
         if subsample_seed is None:
             subsample_seed = spec_cfg.get("subsample_seed")
+    taken: dict[str, Any] = {}
+    note = None
+    within = None
+    if isinstance(dataset, str):  # data options apply to a data set given by name
+        given = dict(
+            num_subsamples=num_subsamples,
+            subsample_seed=subsample_seed,
+            data_kwargs=data_kwargs,
+            batch_size=batch_size,
+        )
+        chosen, taken, note = checkpoint_options(checkpoint_path, given)
+        num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
+        within = chosen.get("within")
+        data_kwargs, batch_size = chosen["data_kwargs"], chosen["batch_size"]
+    batch_size = batch_size or 128
+    if verbose and writes_files() and (taken or note):
+        print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
     dev = resolve_device(device)
     bundle = evaluation_data(
         dataset,
@@ -156,6 +181,8 @@ def build_loss_landscape(
         subsample_seed=subsample_seed,
         download=download,
         use_test=use_test,
+        data_kwargs=data_kwargs,
+        within=within,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
     net = build_network(
@@ -193,6 +220,10 @@ def build_loss_landscape(
             "test_is_validation": bundle.test_is_validation,
             "num_subsamples": num_subsamples,
             "subsample_seed": subsample_seed,
+            "subsample_within": within,
+            "data_kwargs": data_kwargs or {},
+            "from_checkpoint": taken,
+            "checkpoint_note": note,
         },
     )
     if save_path is not None and writes_files():  # rank 0 only in a process group

@@ -35,6 +35,8 @@ from ..io.results import json_default
 from ..linalg.probes import resolve_seed
 from ._network import (
     check_memory,
+    checkpoint_options,
+    describe_taken,
     evaluation_data,
     rank_shard,
     selected_size,
@@ -199,6 +201,7 @@ def compute_loss_stats(
     weights: str = "model",
     download: bool = False,
     verbose: bool = True,
+    data_kwargs: dict[str, Any] | None = None,
 ) -> list[LossStats]:
     """Loss, gradient and curvature statistics of a network at each checkpoint (paper section 5).
 
@@ -224,8 +227,9 @@ def compute_loss_stats(
         use_test: test statistics on the test set; ``False``: on a validation split held out of
             the training set (as ``dc.load_data`` does).
         bn_train_mode: batch norm uses batch statistics (``bn_mode="train"``).
-        num_subsamples: use a seeded random subset of this many training samples.
-        subsample_seed: seed of that subset (default 0).
+        num_subsamples: use a seeded random subset of this many training samples (default: the
+            subsample the first checkpoint's run was trained on, else the whole training set).
+        subsample_seed: seed of that subset (default: the checkpoint's, else 0).
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         params: parameter subset (names, glob patterns or modules).
         dtype: evaluate in this dtype (e.g. ``torch.float64``).
@@ -235,6 +239,12 @@ def compute_loss_stats(
         weights: which weights of a checkpoint: ``"model"``, ``"swa"`` or ``"average"``.
         download: allow downloading a missing data set.
         verbose: progress bars.
+        data_kwargs: options of the named data set (default: the first checkpoint's).
+
+    The data options not given take the values recorded in the first checkpoint (listed in the
+    file's ``config["from_checkpoint"]``); a conflicting ``num_subsamples``, ``subsample_seed``
+    or ``data_kwargs`` is refused with a ``ValueError``. ``batch_size`` is the statistics'
+    mini-batch size ``B``, chosen here (not read from the checkpoint).
 
     In a ``torch.distributed`` process group every rank loads the whole data set: the training
     mini-batches are dealt to the ranks by :func:`deepcurvature.loss_stats` and the test set is
@@ -269,6 +279,19 @@ def compute_loss_stats(
     checkpoints = resolve_checkpoints(checkpoint_paths)
     used_seed = resolve_seed(seed)
     dev = resolve_device(device)
+    taken: dict[str, Any] = {}
+    note = None
+    within = None
+    if isinstance(dataset, str):  # data options apply to a data set given by name
+        given = dict(
+            num_subsamples=num_subsamples, subsample_seed=subsample_seed, data_kwargs=data_kwargs
+        )
+        chosen, taken, note = checkpoint_options(checkpoints[0], given)
+        num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
+        within = chosen.get("within")
+        data_kwargs = chosen["data_kwargs"]
+    if verbose and writes_files() and (taken or note):
+        print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
 
     bundle = evaluation_data(
         dataset,
@@ -278,6 +301,8 @@ def compute_loss_stats(
         subsample_seed=subsample_seed,
         download=download,
         use_test=use_test,
+        data_kwargs=data_kwargs,
+        within=within,
     )
     first_cfg: dict[str, Any] = {}
     if checkpoints[0] is not None:
@@ -321,6 +346,10 @@ def compute_loss_stats(
         "bn_train_mode": bn_train_mode,
         "num_subsamples": num_subsamples,
         "subsample_seed": subsample_seed,
+        "subsample_within": within,
+        "data_kwargs": data_kwargs or {},
+        "from_checkpoint": taken,
+        "checkpoint_note": note,
         "params": params if params is None or isinstance(params, (str, list)) else str(params),
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
         "weights": weights,

@@ -6,7 +6,10 @@ A checkpoint is a dict with the keys
 * ``"epoch"``: epochs completed (0 for the checkpoint written before training);
 * ``"state_dict"``: the model's state dict; ``"optimizer"``: the optimiser's (or ``None``);
 * ``"config"``: a JSON-serialisable description of the run (model name and kwargs, dataset,
-  ``num_classes``, ``in_channels``, ``input_size``, optimiser name and kwargs, schedule, seed...);
+  ``data_kwargs``, ``num_classes``, ``in_channels``, ``input_size``, the data options
+  ``batch_size``, ``subsample``, ``subsample_seed``, ``augment``, ``use_test``,
+  ``val_fraction``, ``batchnorm``, optimiser name and kwargs, schedule, seed...); resuming and
+  the analysis workflows use these recorded values by default;
 * ``"rng"``: the RNG states needed for an exact resume (see :mod:`.rng`);
 * ``"swa_state"``: the SWA averaged model's state dict (keys ``module.*`` and ``n_averaged``),
   ``"average_state"``: the model state with Gadam's averaged weights, both when used;

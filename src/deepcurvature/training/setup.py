@@ -28,6 +28,7 @@ __all__ = [
     "resolve_device",
     "resolve_model",
     "resolve_optimizer",
+    "resume_options",
     "seed_everything",
 ]
 
@@ -273,3 +274,83 @@ def check_config(config: dict[str, Any]) -> None:
             f"{where} is not a finite number: give finite values (the run's configuration is "
             "stored as JSON)"
         ) from None
+
+
+#: The options of ``train_network`` that define the data and the model of a run: argument ->
+#: its default in ``train_network``. On a resume each takes the checkpoint's recorded value
+#: unless given with another value, which is refused.
+RUN_DEFINING = {
+    "model_kwargs": None,
+    "data_kwargs": None,
+    "batch_size": 128,
+    "subsample": None,
+    "augment": True,
+    "use_test": True,
+    "val_fraction": 0.1,
+}
+
+
+def resume_options(
+    cfg: dict[str, Any], given: dict[str, Any], resume: Any, *, by_name: bool, model_by_name: bool
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The data and model options of a resumed run: the checkpoint's unless given otherwise.
+
+    Args:
+        cfg: the checkpoint's recorded config.
+        given: the values passed to ``train_network`` (keys of :data:`RUN_DEFINING`, and
+            ``seed``).
+        resume: the checkpoint path (for messages).
+        by_name: the data set is given by name (data options apply).
+        model_by_name: the model is given by name (``model_kwargs`` applies).
+
+    Returns:
+        ``(values, from_checkpoint, note)``; ``note`` is set for an older checkpoint that
+        records no data options (the given values are then used, as before).
+
+    Raises:
+        ValueError: one line naming an option given with a value other than the recorded one
+            (the continued run would not be the run of the checkpoint) and the fix.
+    """
+    values = dict(given)
+    taken: dict[str, Any] = {}
+    if "subsample" not in cfg:
+        note = (
+            f"{resume} records no data options (written by an older deepcurvature): the given "
+            "or default subsample, augmentation and batch size are used"
+        )
+        return values, taken, (note if by_name else None)
+    for arg, default in RUN_DEFINING.items():
+        if arg not in cfg or arg not in values:
+            continue
+        if arg == "model_kwargs" and not model_by_name:
+            continue
+        if arg in ("data_kwargs", "subsample", "augment", "val_fraction") and not by_name:
+            continue
+        recorded = cfg[arg]
+        if arg in ("model_kwargs", "data_kwargs"):
+            recorded = recorded or None
+            value = values[arg] or None
+        else:
+            value = values[arg]
+        if arg == "val_fraction" and cfg.get("use_test", True):
+            continue  # no validation split was drawn
+        if value == default:
+            if recorded != default:
+                taken[arg] = recorded
+            values[arg] = recorded if recorded is not None else default
+        elif value != recorded:
+            raise _conflict(arg, value, recorded, resume)
+    seed, recorded_seed = values.get("seed"), cfg.get("seed")
+    depends = cfg.get("subsample") is not None or not cfg.get("use_test", True)
+    if by_name and depends and seed is not None and recorded_seed is not None:
+        if int(seed) != int(recorded_seed):
+            raise _conflict("seed", seed, recorded_seed, resume, "it draws the subsample")
+    return values, taken, None
+
+
+def _conflict(arg: str, value: Any, recorded: Any, resume: Any, why: str = "") -> ValueError:
+    reason = f" ({why})" if why else ""
+    return ValueError(
+        f"{arg}={value!r} conflicts with the value {recorded!r} recorded in {resume}{reason}: "
+        "leave it out to resume the same run, or start a new run without resume"
+    )

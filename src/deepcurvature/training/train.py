@@ -73,6 +73,7 @@ from .setup import (
     resolve_device,
     resolve_model,
     resolve_optimizer,
+    resume_options,
     seed_everything,
 )
 from .stats import StatsLog, evaluate, loss_growth_warning, weight_norms
@@ -301,6 +302,10 @@ def train_network(
         eval_freq: evaluate the test set every this many epochs (and at the last one).
         use_test: evaluate on the test set; ``False``: on a validation split of the training set.
         resume: a checkpoint to continue from (the run then matches an uninterrupted one exactly).
+            The options that define the run's data and model (``model_kwargs``, ``data_kwargs``,
+            ``batch_size``, ``subsample``, ``augment``, ``use_test``, ``val_fraction``, and
+            ``seed`` when it draws a subsample or split) are the checkpoint's recorded values
+            when left at their defaults; another value is refused (``ValueError``).
         swa: stochastic weight averaging.
         swa_start: epoch from which the weights are averaged (default ``0.75 T``).
         swa_lr: learning rate from ``swa_start`` on (default 0.1 of the initial one).
@@ -373,8 +378,34 @@ def train_network(
     verbose = verbose and writer
     if run_dir is not None and writer:
         check_run_dir(run_dir, resume, start_epoch, overwrite)
-    if seed is None and resume_ckpt is not None:
-        seed = (resume_ckpt.get("config") or {}).get("seed")
+    taken: dict[str, Any] = {}
+    if resume_ckpt is not None:  # the data and model of the checkpoint's run, unless refused
+        recorded = resume_ckpt.get("config") or {}
+        given = dict(
+            model_kwargs=model_kwargs,
+            data_kwargs=data_kwargs,
+            batch_size=batch_size,
+            subsample=subsample,
+            augment=augment,
+            use_test=use_test,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+        chosen, taken, note = resume_options(
+            recorded,
+            given,
+            resume,
+            by_name=isinstance(dataset, str),
+            model_by_name=isinstance(model, str),
+        )
+        model_kwargs, data_kwargs = chosen["model_kwargs"], chosen["data_kwargs"]
+        batch_size, subsample = chosen["batch_size"], chosen["subsample"]
+        augment = chosen["augment"]
+        use_test, val_fraction = chosen["use_test"], chosen["val_fraction"]
+        if note is not None and verbose:
+            print(f"note: {note}", flush=True)
+        if seed is None:
+            seed = recorded.get("seed")
     seed = resolve_seed(seed)
     seed_everything(seed)
     dev = resolve_device(device, model)
@@ -435,7 +466,13 @@ def train_network(
                 "in_channels": data["in_channels"],
                 "input_size": data["input_size"],
                 "use_test": use_test,
+                "val_fraction": val_fraction,
                 "batch_size": batch_size,
+                "subsample": subsample,
+                "subsample_seed": seed % 2**32,
+                "augment": augment,
+                "batchnorm": has_batchnorm(net),
+                "bn_mode_training": "train",
                 "optimizer": opt_name,
                 "optimizer_kwargs": (
                     {**optimizer_defaults(optimizer), **optimizer_kwargs}
@@ -537,6 +574,9 @@ def train_network(
             run_dir.mkdir(parents=True, exist_ok=True)
             if verbose:
                 print(f"run folder: {run_dir}", flush=True)
+        if taken and verbose:
+            text = ", ".join(f"{k}={v!r}" for k, v in taken.items())
+            print(f"from the checkpoint {resume}: {text}", flush=True)
         log.write()
         if resume_ckpt is None:
             save(0)

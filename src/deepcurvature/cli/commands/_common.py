@@ -166,3 +166,31 @@ def add_curvature_options(p: argparse.ArgumentParser) -> None:
         default="eval",
         help="batch norm: running statistics (eval) or batch statistics (train)",
     )
+
+
+def add_checkpoint_data_options(
+    p: argparse.ArgumentParser,
+    *,
+    batch_size: bool = True,
+    subsample_default: str = "the checkpoint's run's subsample, if any",
+) -> None:
+    """``--batch-size``, ``--subsample``, ``--subsample-seed``: by default the checkpoint's."""
+    if batch_size:
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="batch size of the data passes (default: the checkpoint's, or 128)",
+        )
+    p.add_argument(
+        "--subsample",
+        type=int,
+        default=None,
+        help=f"use N random training samples (default: {subsample_default})",
+    )
+    p.add_argument(
+        "--subsample-seed",
+        type=int,
+        default=None,
+        help="seed of the subsample (default: the checkpoint's, or 0)",
+    )

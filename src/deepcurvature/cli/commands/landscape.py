@@ -10,7 +10,13 @@ from pathlib import Path
 
 from ..errors import CommandError
 from ..launch import is_rank0
-from ._common import add_output_options, checkpoint_file, claim_output, positive
+from ._common import (
+    add_checkpoint_data_options,
+    add_output_options,
+    checkpoint_file,
+    claim_output,
+    positive,
+)
 
 NAME = "landscape"
 #: Largest --n-points: each point costs a pass over the data set (two with test data).
@@ -83,14 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="zero",
         help="filter normalisation of biases/BN parameters (random directions)",
     )
-    p.add_argument("--batch-size", type=int, default=128, help="batch size of the data passes")
-    p.add_argument(
-        "--subsample",
-        type=int,
-        default=None,
-        help="use N random training samples (default: the spectrum's subsample)",
-    )
-    p.add_argument("--subsample-seed", type=int, default=None, help="seed of the subsample")
+    add_checkpoint_data_options(p, subsample_default="the checkpoint's or the spectrum's")
     p.add_argument(
         "--use-validation",
         action="store_true",
@@ -158,7 +157,7 @@ def _validate(args: argparse.Namespace) -> dict:
             f"--n-points {args.n_points} {what} is above the limit of {limit} (each point is a "
             "pass over the whole data set): lower --n-points"
         )
-    positive("--batch-size", args.batch_size)
+    positive("--batch-size", args.batch_size, allow_none=True)
     positive("--subsample", args.subsample, allow_none=True)
     if args.directions is not None and args.plane is not None:
         raise CommandError("give either --directions (1-D) or --plane (2-D), not both")
@@ -318,6 +317,12 @@ def run(args: argparse.Namespace) -> int:
             f"{row['train_loss_max']:.4g}",
         )
     console.print(table)
+    taken = result.config.get("from_checkpoint") or {}
+    if taken:
+        text = ", ".join(f"{k}={v}" for k, v in taken.items())
+        console.print(f"from the checkpoint: {text}")
+    elif result.config.get("checkpoint_note"):
+        console.print(f"note: {result.config['checkpoint_note']}")
     console.print(f"results in {out}/ ({', '.join(p.name for p in written)})")
     return 0
 

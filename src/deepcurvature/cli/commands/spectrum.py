@@ -11,6 +11,7 @@ from ..launch import is_rank0
 from ._common import (
     BRIEF_TRAINING_FILES,
     add_brief_training_option,
+    add_checkpoint_data_options,
     add_curvature_options,
     add_output_options,
     checkpoint_file,
@@ -57,9 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100, help="Lanczos steps m")
     p.add_argument("--probes", type=int, default=1, help="random probe vectors")
     add_curvature_options(p)
-    p.add_argument("--batch-size", type=int, default=128, help="batch size of the data passes")
-    p.add_argument("--subsample", type=int, default=None, help="use N random training samples")
-    p.add_argument("--subsample-seed", type=int, default=0, help="seed of the subsample")
+    add_checkpoint_data_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (and the training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate the products in float64")
@@ -76,7 +75,7 @@ def _validate(args: argparse.Namespace) -> dict:
 
     positive("--steps", args.steps)
     positive("--probes", args.probes)
-    positive("--batch-size", args.batch_size)
+    positive("--batch-size", args.batch_size, allow_none=True)
     positive("--subsample", args.subsample, allow_none=True)
     resolve_brief_training(args, TRAIN_EPOCHS)
     ckpt_cfg: dict = {}
@@ -90,8 +89,8 @@ def _validate(args: argparse.Namespace) -> dict:
         dataset_description(dataset)
     except (ValueError, KeyError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
-    model_kwargs = ckpt_cfg.get("model_kwargs") or {} if args.model is None else {}
-    return {"model": model, "dataset": dataset, "model_kwargs": model_kwargs}
+    # None: compute_eigenspectrum reads the checkpoint's model_kwargs (for its model name)
+    return {"model": model, "dataset": dataset, "model_kwargs": None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
         ("trace estimate", f"{s['trace_estimate']:.6g}"),
         ("time (s)", f"{s['seconds']:.2f}"),
     ]
+    taken = result.config.get("from_checkpoint") or {}
+    if taken:
+        rows.append(("from the checkpoint", ", ".join(f"{k}={v}" for k, v in taken.items())))
+    elif result.config.get("checkpoint_note"):
+        rows.append(("from the checkpoint", "nothing (older checkpoint: no data options)"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

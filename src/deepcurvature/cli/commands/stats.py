@@ -11,6 +11,7 @@ from ..errors import CommandError
 from ._common import (
     BRIEF_TRAINING_FILES,
     add_brief_training_option,
+    add_checkpoint_data_options,
     add_curvature_options,
     add_output_options,
     claim_output,
@@ -95,8 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test statistics on a validation split of the training set",
     )
-    p.add_argument("--subsample", type=int, default=None, help="use N random training samples")
-    p.add_argument("--subsample-seed", type=int, default=0, help="seed of the subsample")
+    add_checkpoint_data_options(p, batch_size=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the mini-batches and probes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate in float64")
@@ -213,9 +213,25 @@ def run(args: argparse.Namespace) -> int:
         ]
         table.add_row(label, *cells)
     console.print(table)
+    _print_from_checkpoint(console, out / "loss_stats.json")
     passes = first.config["data_passes"]
     console.print(
         f"{len(results)} checkpoint(s), {passes:.3g} pass(es) over the training data each; "
         f"results in {out}/loss_stats.json"
     )
     return 0
+
+
+def _print_from_checkpoint(console: Any, path: Path) -> None:
+    """Say which data options came from the checkpoint (as recorded in the written file)."""
+    from ...suite.loss_stats import read_loss_stats
+
+    try:
+        cfg = read_loss_stats(path).get("config") or {}
+    except (OSError, ValueError):  # not written (a rank other than 0)
+        return
+    taken = cfg.get("from_checkpoint") or {}
+    if taken:
+        console.print("from the checkpoint: " + ", ".join(f"{k}={v}" for k, v in taken.items()))
+    elif cfg.get("checkpoint_note"):
+        console.print(f"note: {cfg['checkpoint_note']}")
