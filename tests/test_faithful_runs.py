@@ -140,3 +140,50 @@ def test_an_older_checkpoint_without_data_options_still_loads(run_dir, tmp_path)
     )
     assert res.info["N"] == 1437  # today's behaviour: the whole training set
     assert "records no data options" in res.config["checkpoint_note"]
+
+
+def test_another_data_set_or_model_name_is_refused_in_one_line(run_dir):
+    ckpt = run_dir / "ra" / "checkpoint-00003.pt"
+    with pytest.raises(ValueError, match=r"dataset='cifar10' conflicts with .* 'digits'") as e:
+        dc.compute_eigenspectrum("cifar10", None, "mlp", ckpt, lanczos_iters=3, verbose=False)
+    assert "\n" not in str(e.value) and "pass dataset='digits'" in str(e.value)
+    with pytest.raises(ValueError, match=r"model='cnn' conflicts with the model 'mlp'"):
+        dc.compute_eigenspectrum("digits", None, "cnn", ckpt, lanczos_iters=3, verbose=False)
+    with pytest.raises(ValueError, match=r"model='logistic' conflicts with the model 'mlp'"):
+        dc.build_loss_landscape("digits", model="logistic", checkpoint_path=ckpt, verbose=False)
+    with pytest.raises(ValueError, match=r"dataset='CIFAR-10' conflicts"):
+        dc.compute_loss_stats("CIFAR-10", checkpoint_paths=[ckpt], verbose=False)
+    out = cli(
+        "spectrum", "--checkpoint", "ra/checkpoint-00003.pt", "--steps", "3", "--out", "sp3",
+        "--dataset", "cifar10", "--quiet", cwd=run_dir,
+    )  # fmt: skip
+    assert out.returncode != 0
+    line = out.stderr.strip()
+    assert "\n" not in line and "--dataset cifar10" in line and "--dataset digits" in line
+    assert not (run_dir / "sp3").exists()
+
+
+def test_the_landscape_validation_split_is_the_runs(run_dir, tmp_path):
+    ckpt = _load(run_dir / "ra" / "checkpoint-00003.pt")
+    ckpt["config"].update(use_test=False, val_fraction=0.25, subsample=None, subsample_seed=7)
+    path = tmp_path / "checkpoint-00003.pt"
+    torch.save(ckpt, path)
+    kw = dict(checkpoint_path=path, directions="random:1", n_points=3, verbose=False)
+    res = dc.build_loss_landscape("digits", use_test=False, **kw)
+    taken = res.config["from_checkpoint"]
+    assert taken["val_fraction"] == 0.25 and taken["subsample_seed"] == 7
+    assert res.config["val_fraction"] == 0.25 and res.config["test_is_validation"]
+    assert res.info["N_test"] == round(0.25 * 1437) and res.info["N_train"] == 1437 - 359
+    split = dc.load_data("digits", use_test=False, val_fraction=0.25, seed=7, augment=False)
+    net = dc.get_model("mlp", num_classes=10, in_channels=1, input_size=8, **WIDTH)
+    net.load_state_dict(ckpt["state_dict"])
+    with torch.no_grad():
+        loss = sum(
+            torch.nn.functional.cross_entropy(net(x), y, reduction="sum").item()
+            for x, y in split.test_loader
+        ) / len(split.test_set)
+    assert res.test_loss[0][1] == pytest.approx(loss, rel=1e-5)  # t = 0 on the run's split
+    with pytest.raises(ValueError, match=r"val_fraction=0.1 conflicts with the value 0.25"):
+        dc.build_loss_landscape("digits", use_test=False, val_fraction=0.1, **kw)
+    res = dc.build_loss_landscape("digits", **kw)  # the test set: no split to take
+    assert "val_fraction" not in res.config["from_checkpoint"]

@@ -240,3 +240,91 @@ def test_spectrum_records_peak_memory_per_step(tmp_path):
     assert spec.summary()["peak_memory_mb"] > 0
     back = dc.SpectrumResult.load(spec.save(tmp_path / "spec"))
     assert back.info["peak_memory_bytes"] == spec.info["peak_memory_bytes"]
+
+
+class LogitsOnly(nn.Module):
+    """The same module returning its logits tensor, for pair batches ``(inputs, labels)``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)["logits"]
+
+
+def _same_values(a: dict, b: dict, tol: float = 1e-12) -> None:
+    assert a.keys() == b.keys()
+    for key, x in a.items():
+        y = b[key]
+        if x is None or y is None:
+            assert x is None and y is None, key
+            continue
+        x, y = torch.as_tensor(x, dtype=DT), torch.as_tensor(y, dtype=DT)
+        assert torch.equal(torch.isnan(x), torch.isnan(y)), key
+        ok = ~torch.isnan(x)
+        if ok.any():
+            assert float((x[ok] - y[ok]).abs().max()) < tol, key
+
+
+@pytest.mark.parametrize("matrix", ["hessian", "ggn"])
+def test_loss_stats_with_dict_outputs_and_dict_batches(matrix):
+    model, ids, mask, labels = make_case(n=12)
+    test_ids, test_mask, test_labels = ids.flip(0), mask.flip(0), labels.roll(1)
+    kw = {"matrix": matrix, "probes": 2, "seed": 3, "num_batches": 2, "verbose": False}
+    loss = custom_loss if matrix == "hessian" else nn.CrossEntropyLoss()
+    plain_loss = F.cross_entropy if matrix == "hessian" else nn.CrossEntropyLoss()
+    got = dc.loss_stats(
+        model,
+        loss,
+        dict_batches(ids, mask, labels),
+        test_data=dict_batches(test_ids, test_mask, test_labels),
+        targets="labels",
+        **kw,
+    )
+    want = dc.loss_stats(
+        LogitsOnly(model),
+        plain_loss,
+        pair_batches(ids, mask, labels),
+        test_data=pair_batches(test_ids, test_mask, test_labels),
+        **kw,
+    )
+    assert 0 <= got["accuracy"] <= 1 and 0 <= got["test_accuracy"] <= 1
+    _same_values(got.values, want.values)
+    for key in got.batches:
+        _same_values({key: got.batches[key]}, {key: want.batches[key]})
+    assert [n.removeprefix("inner.") for n in want.config["param_names"]] == got.config[
+        "param_names"
+    ]
+
+
+def test_loss_landscape_with_dict_outputs_and_dict_batches():
+    model, ids, mask, labels = make_case(n=12)
+    test_ids, test_mask, test_labels = ids.flip(0), mask.flip(0), labels.roll(1)
+    kw = {"directions": "gaussian:2", "dist": 0.5, "n_points": 5, "seed": 1, "verbose": False}
+    results = []
+    for loss in (custom_loss, nn.CrossEntropyLoss()):
+        results.append(
+            dc.loss_landscape(
+                model,
+                loss,
+                dict_batches(ids, mask, labels),
+                dict_batches(test_ids, test_mask, test_labels),
+                targets="labels",
+                **kw,
+            )
+        )
+    want = dc.loss_landscape(
+        LogitsOnly(model),
+        F.cross_entropy,
+        pair_batches(ids, mask, labels),
+        pair_batches(test_ids, test_mask, test_labels),
+        **kw,
+    )
+    for got in results:
+        for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "quadratic"):
+            g, w = getattr(got, name), getattr(want, name)
+            assert g is not None and w is not None, name
+            assert float(abs(torch.as_tensor(g) - torch.as_tensor(w)).max()) < 1e-12, name
+        _same_values(got.origin, want.origin)
+        assert float(abs(torch.as_tensor(got.slopes - want.slopes)).max()) < 1e-12

@@ -111,6 +111,7 @@ def loss_landscape(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     cache: bool = False,
+    targets: str | None = None,
     verbose: bool = True,
     config: dict[str, Any] | None = None,
 ) -> LandscapeResult:
@@ -149,6 +150,11 @@ def loss_landscape(
         dtype: evaluation dtype (default: the model's; float64 evaluates a converted copy).
         device: evaluation device (default: the model's).
         cache: keep the prepared training batches on the device between passes.
+        targets: ``None`` (batches are ``(inputs, targets)`` pairs) or the key of the targets in
+            dict batches, e.g. ``"labels"``, for the training and the test data (the model is
+            called with the other keys). A model output that is not a tensor (a dict, a
+            ``ModelOutput``) goes to a custom ``loss_fn`` unchanged, the built-in losses use its
+            logits, and the accuracy is that of its logits.
         verbose: progress bars.
         config: extra entries recorded in ``config``.
 
@@ -171,7 +177,7 @@ def loss_landscape(
         )
     given_seed = seed
     seed = resolve_seed(seed)
-    op = _operator(model, loss_fn, train_data, params, dtype, device, cache)
+    op = _operator(model, loss_fn, train_data, params, dtype, device, cache, targets)
     if op.ranks is not None and given_seed is None:
         seed = _rank0_seed(op, seed)  # the same random directions on every rank
     if bn_recompute and _shuffles(train_data):
@@ -366,11 +372,20 @@ def _operator(
     dtype: torch.dtype | None,
     device: Any,
     cache: bool,
+    targets: str | None = None,
 ) -> CurvatureOperator:
     from ..operators import hessian
 
     return hessian(
-        model, loss_fn, data, params=params, bn_mode="eval", dtype=dtype, device=device, cache=cache
+        model,
+        loss_fn,
+        data,
+        params=params,
+        bn_mode="eval",
+        dtype=dtype,
+        device=device,
+        cache=cache,
+        targets=targets,
     )
 
 

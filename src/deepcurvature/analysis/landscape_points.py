@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..operators.base import CurvatureOperator
 from ..operators.batches import BatchSource
 from ..operators.distributed import reduce_pass
+from ..operators.losses import output_logits
 from ..progress import ProgressBar
 from .landscape_result import METRICS
 
@@ -44,7 +45,22 @@ POINTS_MEMORY_BYTES = 256 * 2**20
 Tensors = dict[str, torch.Tensor]
 
 
-def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+def _predictions(out: Any, index: int) -> torch.Tensor | None:
+    """The tensor whose arg-max is the prediction: the output, or the logits of a non-tensor one.
+
+    ``None`` (no accuracy) for a non-tensor output without logits.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    try:
+        return output_logits(out, index)
+    except TypeError:
+        return None
+
+
+def _is_classification(out: torch.Tensor | None, y: torch.Tensor) -> bool:
+    if out is None:
+        return False
     return out.ndim == 2 and y.ndim == 1 and not y.is_floating_point()
 
 
@@ -107,7 +123,11 @@ class PointEvaluator:
     ) -> None:
         self.op = op
         self.ranks = op.ranks
-        self.test = BatchSource(test_data, op.device, op.dtype) if test_data is not None else None
+        self.test = (
+            BatchSource(test_data, op.device, op.dtype, targets_key=op.source.targets_key)
+            if test_data is not None
+            else None
+        )
         self.bn_recompute = bn_recompute
         self.verbose = verbose and (self.ranks is None or self.ranks.rank == 0)
         self.base, self.fixed = op.functional_state()
@@ -154,10 +174,11 @@ class PointEvaluator:
                 out = self.op.batch_output(states[i], fixeds[i], batch)
                 value = self.op.objective(out, batch.targets)
                 loss_sum[i] += value.detach().double() * batch.n
+                pred = _predictions(out, batch.index)
                 if classify is None:
-                    classify = _is_classification(out, batch.targets)
-                if classify:
-                    correct[i] += (out.argmax(dim=1) == batch.targets).sum()
+                    classify = _is_classification(pred, batch.targets)
+                if classify and pred is not None:
+                    correct[i] += (pred.argmax(dim=1) == batch.targets).sum()
             n_total += batch.n
             bar.advance()
         self.classify = classify

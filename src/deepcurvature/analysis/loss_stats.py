@@ -94,6 +94,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._pytree import tree_map
 
 from ..io.results import load_npz_json, save_npz_json
 from ..linalg.probes import PROBE_KINDS, draw_probes, resolve_seed
@@ -105,6 +106,7 @@ from ..operators.distributed import (
     local_evaluation,
     reduce_pass,
 )
+from ..operators.losses import output_logits
 from ..progress import ProgressBar
 from .minibatch_plan import _agree, _eval_batches, _plan, _positive_int
 
@@ -258,7 +260,29 @@ class LossStats:
         )
 
 
-def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+def _detach(out: Any) -> Any:
+    """``out`` detached: a tensor, or every tensor of a dict / ``ModelOutput`` output."""
+    if isinstance(out, torch.Tensor):
+        return out.detach()
+    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
+
+
+def _predictions(out: Any, index: int) -> torch.Tensor | None:
+    """The tensor whose arg-max is the prediction: the output, or the logits of a non-tensor one.
+
+    ``None`` (no accuracy) for a non-tensor output without logits.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    try:
+        return output_logits(out, index)
+    except TypeError:
+        return None
+
+
+def _is_classification(out: torch.Tensor | None, y: torch.Tensor) -> bool:
+    if out is None:
+        return False
     return (
         out.ndim >= 2
         and not y.is_floating_point()
@@ -289,7 +313,7 @@ class _BatchEvaluator:
         def loss(p: Tensors):
             out = op.batch_output(p, fixed, batch)
             value = op.objective(out, batch.targets)
-            return value, (value.detach(), out.detach())
+            return value, (value.detach(), _detach(out))
 
         gradient = grad(loss, has_aux=True)
 
@@ -308,7 +332,8 @@ class _BatchEvaluator:
         leaves = {n: t.detach().requires_grad_() for n, t in self.state.items()}
 
         def forward(p: Tensors) -> torch.Tensor:
-            return op.batch_output(p, fixed, batch)
+            # a tensor, or the TypeError of the GGN operator (a custom loss of a dict output)
+            return op._output_tensor(p, fixed, batch)
 
         with torch.enable_grad():
             out, jv = vmap(lambda v: jvp(forward, (leaves,), (v,)), out_dims=(None, 0))(
@@ -398,6 +423,7 @@ def loss_stats(
     test_data: Any = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    targets: str | None = None,
     verbose: bool = True,
 ) -> LossStats:
     """Loss, gradient-noise and curvature-noise statistics over seeded mini-batches (section 5).
@@ -435,6 +461,11 @@ def loss_stats(
             and accuracy from one forward pass.
         dtype: evaluation dtype (e.g. ``torch.float64``); default the model's.
         device: evaluation device; default the model's.
+        targets: ``None`` (batches are ``(inputs, targets)`` pairs) or the key of the targets in
+            dict batches, e.g. ``"labels"`` (the model is called with the other keys; also for
+            ``test_data``). A model output that is not a tensor (a dict, a ``ModelOutput``) goes
+            to a custom ``loss_fn`` unchanged, the built-in losses and the GGN use its logits,
+            and the accuracy is that of its logits.
         verbose: progress bar over the batches (rank 0's only in a process group).
 
     In a ``torch.distributed`` process group the work is split over the ranks and every rank
@@ -475,6 +506,7 @@ def loss_stats(
             bn_mode=bn_mode,
             dtype=dtype,
             device=device,
+            targets=targets,
         )
     P, dev = op.num_params, op.device
     listed = None
@@ -524,7 +556,7 @@ def loss_stats(
     try:
         with op.evaluation_mode(), ProgressBar(total, f"loss statistics ({key})", verbose) as bar:
             for i, raw in enumerate(plan.batches):
-                batch = prepare_batch(raw, i, dev, op.dtype)
+                batch = prepare_batch(raw, i, dev, op.dtype, op.source.targets_key)
                 value, g, hv, out = evaluator(batch)
                 _check_finite(batch, value, g, hv)
                 g, hv, lv = g.double(), hv.double(), float(value)
@@ -534,10 +566,11 @@ def loss_stats(
                     loss_sum += batch.n * lv
                     g_sum.add_(g, alpha=batch.n)
                     hv_sum.add_(hv, alpha=batch.n)
+                    pred = _predictions(out, i)
                     if classify is None:
-                        classify = _is_classification(out, batch.targets)
-                    if classify:
-                        correct += int((out.argmax(dim=1) == batch.targets).sum())
+                        classify = _is_classification(pred, batch.targets)
+                    if classify and pred is not None:
+                        correct += int((pred.argmax(dim=1) == batch.targets).sum())
                         n_class += int(batch.targets.numel())
                 if plan.minibatch[i]:
                     gb_sum.add_(g)
@@ -675,17 +708,18 @@ def loss_stats(
         try:
             with torch.no_grad(), op.evaluation_mode():
                 for i, raw in enumerate(_eval_batches(test_data, B, ranks)):
-                    batch = prepare_batch(raw, i, dev, op.dtype)
+                    batch = prepare_batch(raw, i, dev, op.dtype, op.source.targets_key)
                     out = op.batch_output(state, fixed, batch)
                     value = op.objective(out, batch.targets)
                     if not torch.isfinite(value):
                         raise FloatingPointError(f"the test loss of batch {i} is not finite")
                     t_loss += batch.n * float(value)
                     t_n += batch.n
+                    pred = _predictions(out, i)
                     if t_classify is None:
-                        t_classify = _is_classification(out, batch.targets)
-                    if t_classify:
-                        t_correct += int((out.argmax(dim=1) == batch.targets).sum())
+                        t_classify = _is_classification(pred, batch.targets)
+                    if t_classify and pred is not None:
+                        t_correct += int((pred.argmax(dim=1) == batch.targets).sum())
                         t_class += int(batch.targets.numel())
         except Exception as exc:
             if ranks is None:

@@ -15,6 +15,7 @@ from ..io.results import stored_path
 __all__ = [
     "build_network",
     "check_memory",
+    "check_recorded_names",
     "checkpoint_options",
     "describe_taken",
     "evaluation_data",
@@ -50,6 +51,7 @@ def evaluation_data(
     subsample_seed: int | None,
     download: bool,
     use_test: bool = True,
+    val_fraction: float | None = None,
     data_kwargs: dict[str, Any] | None = None,
     within: int | None = None,
 ) -> Any:
@@ -77,6 +79,7 @@ def evaluation_data(
         data_path,
         batch_size=batch_size,
         use_test=use_test,
+        **({} if val_fraction is None else {"val_fraction": val_fraction}),
         augment=False,
         shuffle_train=False,
         subsample=within if nested else num_subsamples,
@@ -101,7 +104,58 @@ _RECORDED = {
     "subsample_seed": ("subsample_seed", True),
     "data_kwargs": ("data_kwargs", True),
     "batch_size": ("batch_size", False),
+    "val_fraction": ("val_fraction", True),  # given only when evaluating on a validation split
 }
+
+
+def _registered(name: str, kind: str) -> str | None:
+    """The registry key of a data-set (``kind="dataset"``) or model name, ``None`` if unknown."""
+    if kind == "dataset":
+        from ..data.registry import _ALIASES
+        from ..data.registry import normalize_dataset_name as normalize
+    else:
+        from ..models.registry import _ALIASES
+        from ..models.registry import normalize_model_name as normalize
+    return _ALIASES.get(normalize(name))
+
+
+def check_recorded_names(
+    checkpoint_path: str | os.PathLike | None,
+    cfg: dict[str, Any] | None,
+    *,
+    dataset: Any = None,
+    model: Any = None,
+    cli: bool = False,
+) -> None:
+    """Refuse a data-set or model name that is not the one a checkpoint's run recorded.
+
+    Only names are compared (a Dataset, DataLoader or ``nn.Module`` is the caller's choice), and
+    only a recorded name of the registries (a run on a custom data set records its class name).
+
+    Raises:
+        ValueError: one line naming both values and the fix (``cli``: worded with the
+            ``--dataset``/``--model`` options).
+    """
+    if checkpoint_path is None or not cfg:
+        return
+    for arg, value, what in (("dataset", dataset, "data set"), ("model", model, "model")):
+        recorded = cfg.get(arg)
+        if not (isinstance(value, str) and isinstance(recorded, str)):
+            continue
+        key = _registered(recorded, arg)
+        if key is None or _registered(value, arg) == key:
+            continue
+        if cli:
+            raise ValueError(
+                f"--{arg} {value} conflicts with the {what} {recorded} recorded in "
+                f"{checkpoint_path} (the {what} its run was trained with): leave --{arg} out "
+                f"or pass --{arg} {recorded}, or analyse a checkpoint of {value}"
+            )
+        raise ValueError(
+            f"{arg}={value!r} conflicts with the {what} {recorded!r} recorded in "
+            f"{checkpoint_path} (the {what} its run was trained with): pass {arg}={recorded!r}, "
+            f"or analyse a checkpoint of {value!r}"
+        )
 
 
 def checkpoint_options(
@@ -109,6 +163,7 @@ def checkpoint_options(
     given: dict[str, Any],
     *,
     model: Any = None,
+    dataset: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """The data and model options of a workflow, filled in from a checkpoint's recorded config.
 
@@ -118,6 +173,11 @@ def checkpoint_options(
             ``model_kwargs``, ``data_kwargs``, ``batch_size``); ``None`` means not given.
         model: the model argument; ``model_kwargs`` is only taken over for the checkpoint's
             model name (not for an ``nn.Module`` or another name).
+        dataset: the data-set argument; a name other than the recorded one is refused (as is
+            a model name other than the recorded one, see :func:`check_recorded_names`).
+
+    A ``val_fraction`` key in ``given`` (evaluating on a validation split) takes the run's
+    recorded split: its ``val_fraction`` and, for the split, its ``subsample_seed``.
 
     Returns:
         ``(values, from_checkpoint, note)``: the options to use, the ones taken from the
@@ -129,7 +189,8 @@ def checkpoint_options(
         ValueError: one line, when a given value conflicts with the recorded one of an option
             that defines the data or the model (the data it was trained on would change): a
             ``num_subsamples`` larger than the run's subsample, another ``subsample_seed``,
-            other ``model_kwargs`` or ``data_kwargs``.
+            other ``model_kwargs``, ``data_kwargs`` or ``val_fraction``, or another data-set or
+            model name.
     """
     values = dict(given)
     if checkpoint_path is None:
@@ -137,6 +198,8 @@ def checkpoint_options(
     from ..training.checkpoint import read_checkpoint
 
     cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
+    check_recorded_names(checkpoint_path, cfg, dataset=dataset, model=model)
+    split = "val_fraction" in values and cfg.get("use_test", True) is False
     note = None
     if cfg and "subsample" not in cfg:
         note = (
@@ -149,8 +212,10 @@ def checkpoint_options(
             continue
         if arg == "model_kwargs" and not (isinstance(model, str) and model == cfg.get("model")):
             continue
-        if arg == "subsample_seed" and cfg.get("subsample") is None:
-            continue  # no subsample was drawn: its seed does not define the data
+        if arg == "subsample_seed" and cfg.get("subsample") is None and not split:
+            continue  # no subsample or split was drawn: its seed does not define the data
+        if arg == "val_fraction" and not split:
+            continue  # the run had no validation split: the given or default one is used
         from ..training.setup import jsonable
 
         recorded = cfg[key]

@@ -123,8 +123,8 @@ def compute_eigenspectrum(
     A checkpoint written by ``train_network`` records the run's data and model options; the
     arguments above that are not given take the recorded values (listed in the result's
     ``config["from_checkpoint"]``), and a data- or model-defining one given with another value
-    (``num_subsamples``, ``subsample_seed``, ``model_kwargs``, ``data_kwargs``) is refused with a
-    ``ValueError``.
+    (``num_subsamples``, ``subsample_seed``, ``model_kwargs``, ``data_kwargs``, or a ``dataset``
+    or ``model`` name other than the recorded one) is refused with a ``ValueError``.
 
     In a ``torch.distributed`` process group (``torchrun``) every rank loads the whole data set
     and evaluates its contiguous shard (the products are summed over the ranks), every rank
@@ -146,7 +146,7 @@ def compute_eigenspectrum(
         given.update(
             num_subsamples=num_subsamples, subsample_seed=subsample_seed, data_kwargs=data_kwargs
         )
-    chosen, taken, note = checkpoint_options(checkpoint_path, given, model=model)
+    chosen, taken, note = checkpoint_options(checkpoint_path, given, model=model, dataset=dataset)
     model_kwargs, batch_size = chosen["model_kwargs"], chosen["batch_size"] or 128
     num_subsamples = chosen.get("num_subsamples", num_subsamples)
     subsample_seed = chosen.get("subsample_seed", subsample_seed)

@@ -13,6 +13,7 @@ from ..analysis.landscape import LandscapeResult, loss_landscape
 from ..analysis.spectrum import SpectrumResult
 from ._network import (
     build_network,
+    check_recorded_names,
     checkpoint_options,
     describe_taken,
     evaluation_data,
@@ -50,6 +51,7 @@ def build_loss_landscape(
     batch_size: int | None = None,
     bn_recompute: bool = False,
     use_test: bool = True,
+    val_fraction: float | None = None,
     device: str | torch.device | None = None,
     num_subsamples: int | None = None,
     subsample_seed: int | None = None,
@@ -92,6 +94,8 @@ def build_loss_landscape(
         batch_size: batch size of the evaluation passes (default: the checkpoint's, else 128).
         bn_recompute: recompute batch-norm statistics at every point (one extra pass per point).
         use_test: evaluate on the test set (``False``: on the validation split).
+        val_fraction: size of that validation split (default: the checkpoint's run's split, with
+            its seed, else 0.1).
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         num_subsamples: use a seeded random subset of this many training samples; default: the
             subsample the checkpoint's run was trained on, else the spectrum's, if any.
@@ -112,7 +116,8 @@ def build_loss_landscape(
 
     The data options not given take the values recorded in the checkpoint (listed in the
     result's ``config["from_checkpoint"]``); a conflicting ``num_subsamples``,
-    ``subsample_seed`` or ``data_kwargs`` is refused with a ``ValueError``.
+    ``subsample_seed``, ``data_kwargs`` or ``val_fraction`` (with ``use_test=False``), or a
+    ``dataset`` or ``model`` name other than the recorded one, is refused with a ``ValueError``.
 
     In a ``torch.distributed`` process group every rank loads the whole data set and passes its
     contiguous shard to :func:`deepcurvature.loss_landscape`; only rank 0 writes ``save_path``.
@@ -138,6 +143,7 @@ def build_loss_landscape(
     ckpt_cfg: dict[str, Any] = {}
     if checkpoint_path is not None:
         ckpt_cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
+        check_recorded_names(checkpoint_path, ckpt_cfg, dataset=dataset, model=model)
     if model is None:
         model = ckpt_cfg.get("model") or spec_cfg.get("model")
         if model is None:
@@ -165,10 +171,13 @@ def build_loss_landscape(
             data_kwargs=data_kwargs,
             batch_size=batch_size,
         )
+        if not use_test:  # the run's validation split, if it had one
+            given["val_fraction"] = val_fraction
         chosen, taken, note = checkpoint_options(checkpoint_path, given)
         num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
         within = chosen.get("within")
         data_kwargs, batch_size = chosen["data_kwargs"], chosen["batch_size"]
+        val_fraction = chosen.get("val_fraction", val_fraction)
     batch_size = batch_size or 128
     if verbose and writes_files() and (taken or note):
         print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
@@ -181,6 +190,7 @@ def build_loss_landscape(
         subsample_seed=subsample_seed,
         download=download,
         use_test=use_test,
+        val_fraction=val_fraction,
         data_kwargs=data_kwargs,
         within=within,
     )
@@ -217,6 +227,7 @@ def build_loss_landscape(
             "spectrum_matrix": spec_cfg.get("matrix"),
             "batch_size": batch_size,
             "use_test": use_test,
+            "val_fraction": None if use_test else (val_fraction or 0.1),
             "test_is_validation": bundle.test_is_validation,
             "num_subsamples": num_subsamples,
             "subsample_seed": subsample_seed,

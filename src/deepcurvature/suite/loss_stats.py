@@ -35,6 +35,7 @@ from ..io.results import json_default
 from ..linalg.probes import resolve_seed
 from ._network import (
     check_memory,
+    check_recorded_names,
     checkpoint_options,
     describe_taken,
     evaluation_data,
@@ -189,6 +190,7 @@ def compute_loss_stats(
     probes: int = 4,
     seed: int | None = None,
     use_test: bool = True,
+    val_fraction: float | None = None,
     bn_train_mode: bool = False,
     num_subsamples: int | None = None,
     subsample_seed: int | None = None,
@@ -226,6 +228,8 @@ def compute_loss_stats(
         seed: seed of the mini-batches and probes, shared by all checkpoints (recorded).
         use_test: test statistics on the test set; ``False``: on a validation split held out of
             the training set (as ``dc.load_data`` does).
+        val_fraction: size of that validation split (default: the first checkpoint's run's
+            split, with its seed, else 0.1); another value than the recorded one is refused.
         bn_train_mode: batch norm uses batch statistics (``bn_mode="train"``).
         num_subsamples: use a seeded random subset of this many training samples (default: the
             subsample the first checkpoint's run was trained on, else the whole training set).
@@ -286,7 +290,12 @@ def compute_loss_stats(
         given = dict(
             num_subsamples=num_subsamples, subsample_seed=subsample_seed, data_kwargs=data_kwargs
         )
-        chosen, taken, note = checkpoint_options(checkpoints[0], given)
+        if not use_test:  # the run's validation split, if it had one
+            given["val_fraction"] = val_fraction
+        chosen, taken, note = checkpoint_options(
+            checkpoints[0], given, model=model, dataset=dataset
+        )
+        val_fraction = chosen.get("val_fraction", val_fraction)
         num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
         within = chosen.get("within")
         data_kwargs = chosen["data_kwargs"]
@@ -301,12 +310,14 @@ def compute_loss_stats(
         subsample_seed=subsample_seed,
         download=download,
         use_test=use_test,
+        val_fraction=val_fraction,
         data_kwargs=data_kwargs,
         within=within,
     )
     first_cfg: dict[str, Any] = {}
     if checkpoints[0] is not None:
         first_cfg = read_checkpoint(checkpoints[0], map_location="cpu").get("config") or {}
+        check_recorded_names(checkpoints[0], first_cfg, model=model)
     if isinstance(model, nn.Module):
         net = copy.deepcopy(model)
         model_name = type(model).__name__

@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate on a validation split of the training set, not the test set",
     )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="size of that split (default: the checkpoint's run's split, with its seed, or 0.1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random directions")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate in float64")
@@ -143,7 +149,7 @@ def _validate(args: argparse.Namespace) -> dict:
     from ...analysis.spectrum import SpectrumResult
     from ...data.registry import dataset_description
     from ...models import model_info
-    from ...suite._network import recorded_path
+    from ...suite._network import check_recorded_names, recorded_path
     from ...training import read_checkpoint
 
     if not (math.isfinite(args.dist) and args.dist > 0):
@@ -214,6 +220,12 @@ def _validate(args: argparse.Namespace) -> dict:
         dataset_description(dataset)
     except (ValueError, KeyError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
+    try:
+        check_recorded_names(checkpoint, ckpt_cfg, dataset=args.dataset, model=args.model, cli=True)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.val_fraction is not None and not args.use_validation:
+        raise CommandError("--val-fraction sets the split of --use-validation: pass both")
     return {
         "spectrum": spectrum_path,
         "checkpoint": checkpoint,
@@ -255,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             bn_recompute=args.bn_recompute,
             use_test=not args.use_validation,
+            val_fraction=args.val_fraction,
             device=args.device,
             num_subsamples=args.subsample,
             subsample_seed=args.subsample_seed,

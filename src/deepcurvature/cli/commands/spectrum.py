@@ -71,6 +71,7 @@ def _validate(args: argparse.Namespace) -> dict:
     """Check every argument before anything is written; return the resolved settings."""
     from ...data.registry import dataset_description
     from ...models import model_info
+    from ...suite._network import check_recorded_names
     from ...training import read_checkpoint
 
     positive("--steps", args.steps)
@@ -89,6 +90,12 @@ def _validate(args: argparse.Namespace) -> dict:
         dataset_description(dataset)
     except (ValueError, KeyError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
+    try:
+        check_recorded_names(
+            args.checkpoint, ckpt_cfg, dataset=args.dataset, model=args.model, cli=True
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     # None: compute_eigenspectrum reads the checkpoint's model_kwargs (for its model name)
     return {"model": model, "dataset": dataset, "model_kwargs": None}
 

@@ -108,6 +108,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     """Check every argument before anything is written; return the resolved settings."""
     from ...data.registry import dataset_description
     from ...models import model_info
+    from ...suite._network import check_recorded_names
     from ...suite.loss_stats import resolve_checkpoints
     from ...training import read_checkpoint
 
@@ -131,7 +132,14 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         dataset_description(dataset)
     except (ValueError, KeyError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
-    model_kwargs = (ckpt_cfg.get("model_kwargs") or {}) if args.model is None else {}
+    if checkpoints:
+        try:
+            check_recorded_names(
+                checkpoints[0], ckpt_cfg, dataset=args.dataset, model=args.model, cli=True
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    model_kwargs = None  # compute_loss_stats reads the checkpoint's (for its model name)
     return {
         "model": model,
         "dataset": dataset,
