@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..operators.base import CurvatureOperator
 from ..operators.batches import BatchSource
 from ..operators.distributed import reduce_pass
-from ..operators.losses import output_logits
+from ..operators.losses import prediction_scores
 from ..progress import ProgressBar
 from .landscape_result import METRICS
 
@@ -43,19 +43,6 @@ __all__ = ["POINTS_MEMORY_BYTES", "PointEvaluator"]
 POINTS_MEMORY_BYTES = 256 * 2**20
 
 Tensors = dict[str, torch.Tensor]
-
-
-def _predictions(out: Any, index: int) -> torch.Tensor | None:
-    """The tensor whose arg-max is the prediction: the output, or the logits of a non-tensor one.
-
-    ``None`` (no accuracy) for a non-tensor output without logits.
-    """
-    if isinstance(out, torch.Tensor):
-        return out
-    try:
-        return output_logits(out, index)
-    except TypeError:
-        return None
 
 
 def _is_classification(out: torch.Tensor | None, y: torch.Tensor) -> bool:
@@ -174,7 +161,7 @@ class PointEvaluator:
                 out = self.op.batch_output(states[i], fixeds[i], batch)
                 value = self.op.objective(out, batch.targets)
                 loss_sum[i] += value.detach().double() * batch.n
-                pred = _predictions(out, batch.index)
+                pred = prediction_scores(out, batch.index)
                 if classify is None:
                     classify = _is_classification(pred, batch.targets)
                 if classify and pred is not None:

@@ -106,7 +106,7 @@ from ..operators.distributed import (
     local_evaluation,
     reduce_pass,
 )
-from ..operators.losses import output_logits
+from ..operators.losses import prediction_scores
 from ..progress import ProgressBar
 from .minibatch_plan import _agree, _eval_batches, _plan, _positive_int
 
@@ -265,19 +265,6 @@ def _detach(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return out.detach()
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
-
-
-def _predictions(out: Any, index: int) -> torch.Tensor | None:
-    """The tensor whose arg-max is the prediction: the output, or the logits of a non-tensor one.
-
-    ``None`` (no accuracy) for a non-tensor output without logits.
-    """
-    if isinstance(out, torch.Tensor):
-        return out
-    try:
-        return output_logits(out, index)
-    except TypeError:
-        return None
 
 
 def _is_classification(out: torch.Tensor | None, y: torch.Tensor) -> bool:
@@ -566,7 +553,7 @@ def loss_stats(
                     loss_sum += batch.n * lv
                     g_sum.add_(g, alpha=batch.n)
                     hv_sum.add_(hv, alpha=batch.n)
-                    pred = _predictions(out, i)
+                    pred = prediction_scores(out, i)
                     if classify is None:
                         classify = _is_classification(pred, batch.targets)
                     if classify and pred is not None:
@@ -715,7 +702,7 @@ def loss_stats(
                         raise FloatingPointError(f"the test loss of batch {i} is not finite")
                     t_loss += batch.n * float(value)
                     t_n += batch.n
-                    pred = _predictions(out, i)
+                    pred = prediction_scores(out, i)
                     if t_classify is None:
                         t_classify = _is_classification(pred, batch.targets)
                     if t_classify and pred is not None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vjp, vmap
 
-__all__ = ["OutputLoss", "SequenceCrossEntropyLoss", "output_logits"]
+__all__ = ["OutputLoss", "SequenceCrossEntropyLoss", "output_logits", "prediction_scores"]
 
 
 def output_logits(result: Any, index: int) -> torch.Tensor:
@@ -66,6 +66,19 @@ def output_logits(result: Any, index: int) -> torch.Tensor:
         "key): pass your own loss_fn(output, targets) of this output (Hessian only) or wrap the "
         "model so that it returns the tensor the loss takes"
     )
+
+
+def prediction_scores(out: Any, index: int) -> torch.Tensor | None:
+    """The tensor whose arg-max is the prediction: the output, or the logits of a non-tensor one.
+
+    ``None`` (no accuracy) for a non-tensor output without logits.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    try:
+        return output_logits(out, index)
+    except TypeError:
+        return None
 
 
 class SequenceCrossEntropyLoss(nn.CrossEntropyLoss):
