@@ -194,3 +194,34 @@ def add_checkpoint_data_options(
         default=None,
         help="seed of the subsample (default: the checkpoint's, or 0)",
     )
+
+
+def recorded_names(args: argparse.Namespace, checkpoint: Any) -> tuple[dict, str, str]:
+    """``(checkpoint config, model, dataset)``: ``--model``/``--dataset``, else the checkpoint's.
+
+    Both names must be known to the registries, and an explicit name that differs from the one
+    the checkpoint records is refused (one line, before anything is written).
+    """
+    from ...data.registry import dataset_description
+    from ...models import model_info
+    from ...suite._network import check_recorded_names
+    from ...training import read_checkpoint
+
+    config: dict = {}
+    if checkpoint is not None:
+        config = read_checkpoint(checkpoint, map_location="cpu").get("config") or {}
+    model = args.model or config.get("model") or "mlp"
+    dataset = args.dataset or config.get("dataset") or "digits"
+    try:
+        model_info(model)
+        dataset_description(dataset)
+    except (ValueError, KeyError) as exc:
+        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
+    if checkpoint is not None:
+        try:
+            check_recorded_names(
+                checkpoint, config, dataset=args.dataset, model=args.model, cli=True
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    return config, model, dataset

@@ -13,6 +13,7 @@ from ._common import (
     checkpoint_file,
     claim_output,
     positive,
+    recorded_names,
     resolve_brief_training,
     train_briefly,
 )
@@ -72,10 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> dict:
     """Check every argument (batch sizes against the data set) before anything is written."""
     from ...analysis.batch_extremes import check_batch_sizes
-    from ...data.registry import dataset_description
-    from ...models import model_info
     from ...suite._network import evaluation_data
-    from ...training import read_checkpoint
 
     for b in args.batch_sizes:
         positive("--batch-sizes", b)
@@ -84,17 +82,9 @@ def _validate(args: argparse.Namespace) -> dict:
     if not (args.tol > 0):
         raise CommandError(f"--tol must be a positive number, got {args.tol}")
     resolve_brief_training(args, TRAIN_EPOCHS)
-    ckpt_cfg: dict = {}
     if args.checkpoint is not None:
         checkpoint_file(args.checkpoint)
-        ckpt_cfg = read_checkpoint(args.checkpoint, map_location="cpu").get("config") or {}
-    model = args.model or ckpt_cfg.get("model") or "mlp"
-    dataset = args.dataset or ckpt_cfg.get("dataset") or "digits"
-    try:
-        model_info(model)
-        dataset_description(dataset)
-    except (ValueError, KeyError) as exc:
-        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
+    ckpt_cfg, model, dataset = recorded_names(args, args.checkpoint)
     bundle = evaluation_data(
         dataset,
         args.data_path,

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-from ..errors import CommandError
 from ..launch import is_rank0
 from ._common import (
     BRIEF_TRAINING_FILES,
@@ -17,6 +16,7 @@ from ._common import (
     checkpoint_file,
     claim_output,
     positive,
+    recorded_names,
     resolve_brief_training,
     train_briefly,
 )
@@ -69,33 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _validate(args: argparse.Namespace) -> dict:
     """Check every argument before anything is written; return the resolved settings."""
-    from ...data.registry import dataset_description
-    from ...models import model_info
-    from ...suite._network import check_recorded_names
-    from ...training import read_checkpoint
-
     positive("--steps", args.steps)
     positive("--probes", args.probes)
     positive("--batch-size", args.batch_size, allow_none=True)
     positive("--subsample", args.subsample, allow_none=True)
     resolve_brief_training(args, TRAIN_EPOCHS)
-    ckpt_cfg: dict = {}
     if args.checkpoint is not None:
         checkpoint_file(args.checkpoint)
-        ckpt_cfg = read_checkpoint(args.checkpoint, map_location="cpu").get("config") or {}
-    model = args.model or ckpt_cfg.get("model") or "mlp"
-    dataset = args.dataset or ckpt_cfg.get("dataset") or "digits"
-    try:
-        model_info(model)
-        dataset_description(dataset)
-    except (ValueError, KeyError) as exc:
-        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
-    try:
-        check_recorded_names(
-            args.checkpoint, ckpt_cfg, dataset=args.dataset, model=args.model, cli=True
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    _, model, dataset = recorded_names(args, args.checkpoint)
     # None: compute_eigenspectrum reads the checkpoint's model_kwargs (for its model name)
     return {"model": model, "dataset": dataset, "model_kwargs": None}
 

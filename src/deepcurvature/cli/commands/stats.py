@@ -16,6 +16,7 @@ from ._common import (
     add_output_options,
     claim_output,
     positive,
+    recorded_names,
     resolve_brief_training,
     train_briefly,
 )
@@ -106,11 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
     """Check every argument before anything is written; return the resolved settings."""
-    from ...data.registry import dataset_description
-    from ...models import model_info
-    from ...suite._network import check_recorded_names
     from ...suite.loss_stats import resolve_checkpoints
-    from ...training import read_checkpoint
 
     positive("--probes", args.probes)
     positive("--batch-size", args.batch_size)
@@ -118,27 +115,12 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     positive("--num-batches", args.num_batches, allow_none=True)
     positive("--subsample", args.subsample, allow_none=True)
     checkpoints: list[Path] = []
-    ckpt_cfg: dict[str, Any] = {}
     if args.checkpoint is not None:
         try:
             checkpoints = [p for p in resolve_checkpoints(args.checkpoint) if p is not None]
         except FileNotFoundError as exc:
             raise CommandError(f"{exc} (--checkpoint)") from None
-        ckpt_cfg = read_checkpoint(checkpoints[0], map_location="cpu").get("config") or {}
-    model = args.model or ckpt_cfg.get("model") or "mlp"
-    dataset = args.dataset or ckpt_cfg.get("dataset") or "digits"
-    try:
-        model_info(model)
-        dataset_description(dataset)
-    except (ValueError, KeyError) as exc:
-        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
-    if checkpoints:
-        try:
-            check_recorded_names(
-                checkpoints[0], ckpt_cfg, dataset=args.dataset, model=args.model, cli=True
-            )
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
+    _, model, dataset = recorded_names(args, checkpoints[0] if checkpoints else None)
     model_kwargs = None  # compute_loss_stats reads the checkpoint's (for its model name)
     return {
         "model": model,
