@@ -1,5 +1,6 @@
 """A checkpoint records its run's data and model; resuming and analysing it use them (issue 16)."""
 
+import json
 import os
 import shutil
 
@@ -102,6 +103,8 @@ def test_cli_spectrum_says_what_came_from_the_checkpoint(run_dir):
     assert "from the checkpoint" in out.stdout and "num_subsamples=300" in out.stdout
     text = " ".join(out.stdout.split())
     assert "N (samples) │ 300" in text
+    mib = json.loads((run_dir / "sp" / "spectrum.json").read_text())["summary"]["peak_memory_mb"]
+    assert mib > 10 and f"peak memory (MiB) │ {mib:,.0f} (host RSS)" in text
 
 
 def test_cli_spectrum_refuses_a_conflicting_subsample_in_one_line(run_dir):
@@ -185,5 +188,55 @@ def test_the_landscape_validation_split_is_the_runs(run_dir, tmp_path):
     assert res.test_loss[0][1] == pytest.approx(loss, rel=1e-5)  # t = 0 on the run's split
     with pytest.raises(ValueError, match=r"val_fraction=0.1 conflicts with the value 0.25"):
         dc.build_loss_landscape("digits", use_test=False, val_fraction=0.1, **kw)
-    res = dc.build_loss_landscape("digits", **kw)  # the test set: no split to take
-    assert "val_fraction" not in res.config["from_checkpoint"]
+    res = dc.build_loss_landscape("digits", **kw)  # the test set; training data without the split
+    taken = res.config["from_checkpoint"]
+    assert "val_fraction" not in taken and taken["holdout"] == 0.25
+    assert res.info["N_train"] == 1437 - 359 and res.info["N_test"] == 360
+    assert res.config["validation_held_out"] == 0.25 and not res.config["test_is_validation"]
+
+
+def test_analyses_of_a_run_with_a_validation_split_leave_the_split_out(run_dir, tmp_path):
+    from deepcurvature.suite._network import checkpoint_options, evaluation_data
+
+    ckpt = _load(run_dir / "ra" / "checkpoint-00003.pt")
+    ckpt["config"].update(use_test=False, val_fraction=0.25, subsample=300, subsample_seed=7)
+    path = tmp_path / "checkpoint-00003.pt"
+    torch.save(ckpt, path)
+    run = dc.load_data("digits", use_test=False, val_fraction=0.25, subsample=300, seed=7)
+    trained_on = sorted(run.train_set.indices)
+    held_out = set(run.test_set.indices)
+    given = {"num_subsamples": None, "subsample_seed": None, "data_kwargs": None}
+    values, taken, _ = checkpoint_options(path, given)
+    assert taken == {"holdout": 0.25, "num_subsamples": 300, "subsample_seed": 7}
+    bundle = evaluation_data(
+        "digits", None, batch_size=64, num_subsamples=values["num_subsamples"],
+        subsample_seed=values["subsample_seed"], download=False, holdout=values["holdout"],
+    )  # fmt: skip
+    assert sorted(bundle.train_set.indices) == trained_on  # exactly the run's training samples
+    assert len(bundle.test_set) == 360 and not bundle.test_is_validation
+    # a smaller subsample is drawn from the run's own samples, never from its validation split
+    values, _, _ = checkpoint_options(path, {**given, "num_subsamples": 50})
+    bundle = evaluation_data(
+        "digits", None, batch_size=64, num_subsamples=50, subsample_seed=values["subsample_seed"],
+        download=False, holdout=values["holdout"], within=values["within"],
+    )  # fmt: skip
+    base = [bundle.train_set.dataset.indices[i] for i in bundle.train_set.indices]
+    assert len(base) == 50 and set(base) <= set(trained_on) and not set(base) & held_out
+    res = dc.compute_eigenspectrum(
+        "digits", model="mlp", checkpoint_path=path, lanczos_iters=3, verbose=False
+    )
+    assert res.info["N"] == 300 and res.config["validation_held_out"] == 0.25
+    assert res.config["from_checkpoint"]["holdout"] == 0.25
+
+
+def test_cli_batch_lr_uses_the_recorded_subsample(run_dir):
+    common = ("batch-lr", "--checkpoint", "ra/checkpoint-00003.pt", "--batch-sizes", "16", "32")
+    out = cli(*common, "--subsample", "500", "--out", "bl1", "--quiet", cwd=run_dir)
+    assert out.returncode != 0
+    line = out.stderr.strip()
+    assert "\n" not in line and "--subsample 500" in line and "300" in line
+    assert not (run_dir / "bl1").exists()
+    out = cli(*common, "--batches-per-size", "1", "--out", "bl2", "--quiet", cwd=run_dir)
+    assert out.returncode == 0, out.stderr
+    assert "num_subsamples=300" in out.stdout and "from the checkpoint" in out.stdout
+    assert "N=300" in out.stdout

@@ -53,8 +53,15 @@ def run(tmp_path_factory):
     stats = {
         "format": "deepcurvature-loss-stats",
         "config": {"model": "mlp", "note": EVIL},
-        "columns": ["epoch", "loss", "grad_var"],
-        "rows": [{"epoch": 0, "loss": 2.31, "grad_var": 0.5}, {"epoch": 2, "loss": 2.1}],
+        "columns": ["epoch", "loss", "grad_var", "curv_var", "curv_shrinkage"],
+        "rows": [
+            {"epoch": 0, "loss": 2.31, "grad_var": 0.5, "curv_var": 0.1, "curv_shrinkage": 0.3},
+            {"epoch": 2, "loss": 2.1, "grad_var": 0.2, "curv_var": 0.05, "curv_shrinkage": 0.4},
+        ],
+        "layers": [
+            {"net.1": {"grad_var": 0.3, "curv_var": 0.06, "curv_shrinkage": 0.2}},
+            {"net.1": {"grad_var": 0.1, "curv_var": 0.03, "curv_shrinkage": 0.3}},
+        ],
     }
     (root / "loss_stats.json").write_text(json.dumps(stats))
     (root / "extra.csv").write_text("epoch,loss\n0,2.3\n2,2.1\n")
@@ -198,7 +205,9 @@ def test_report_is_self_contained_with_valid_embedded_pngs(run, report):
     parser = _Collector()
     parser.feed(text)
     n_landscape = 2 if run["landscape"] is not None else 0  # loss and accuracy
-    assert len(parser.images) == 2 + n_landscape  # training curves, spectrum, landscapes
+    # training curves, spectrum, loss statistics, landscapes
+    assert len(parser.images) == 3 + n_landscape
+    assert any(img["alt"] == "loss statistics from loss_stats.json" for img in parser.images)
     for img in parser.images:
         src = img["src"]
         assert src.startswith("data:image/png;base64,")

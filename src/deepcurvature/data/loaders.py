@@ -243,6 +243,7 @@ def load_data(
     num_classes: int | None = None,
     in_channels: int | None = None,
     input_size: int | tuple[int, int] | None = None,
+    exclude_validation: bool = False,
     **dataset_kwargs: Any,
 ) -> DataBundle:
     """Data loaders for a registered data set, or for your own data.
@@ -272,6 +273,10 @@ def load_data(
         num_classes: override/provide the number of classes (user data).
         in_channels: override/provide the input channels (user data).
         input_size: override/provide ``(H, W)`` (user data).
+        exclude_validation: with ``use_test=True``, still hold the validation split that
+            ``use_test=False`` would draw (``val_fraction``, ``seed``) out of the training data:
+            the training part of a run that was trained with a validation split, evaluated on
+            the test set.
         **dataset_kwargs: options of the named data set (e.g. ``n_train=256`` for "synthetic").
 
     Returns:
@@ -336,7 +341,7 @@ def load_data(
     test_is_validation = False
     train_loader: DataLoader
     if isinstance(full_train, DataLoader):
-        if subsample is not None or not use_test:
+        if subsample is not None or not use_test or exclude_validation:
             raise ValueError(
                 "subsample and use_test=False need a Dataset to split, not a DataLoader: pass "
                 "the loader's dataset instead"
@@ -344,7 +349,7 @@ def load_data(
         train_loader, train_set = full_train, full_train.dataset
     else:
         train_idx = np.arange(len(full_train), dtype=np.int64)
-        if not use_test and given_test is None:
+        if (not use_test or exclude_validation) and given_test is None:
             if not 0.0 < float(val_fraction) < 1.0:
                 raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
             labels = _targets_of(full_train)
@@ -362,13 +367,19 @@ def load_data(
                         f"val_fraction={val_fraction} leaves an empty split of {len(train_idx)}"
                     )
                 val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-            plain = _without_augmentation(full_train)
-            if plain is None and isinstance(name, str):
-                plain = get_dataset(
-                    name, data_path, train=True, download=False, augment=False, **dataset_kwargs
-                )
-            test_set = Subset(plain if plain is not None else full_train, val_idx.tolist())
-            test_is_validation = True
+            if not use_test:
+                plain = _without_augmentation(full_train)
+                if plain is None and isinstance(name, str):
+                    plain = get_dataset(
+                        name,
+                        data_path,
+                        train=True,
+                        download=False,
+                        augment=False,
+                        **dataset_kwargs,
+                    )
+                test_set = Subset(plain if plain is not None else full_train, val_idx.tolist())
+                test_is_validation = True
         if subsample is not None:
             if subsample > len(train_idx):
                 raise ValueError(

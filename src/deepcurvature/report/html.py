@@ -38,6 +38,7 @@ from ..io.results import npz_names
 from .detect import (
     CHECKPOINT_NAME,
     LANDSCAPE_KINDS,
+    LOSS_STATS_FORMAT,
     SPECTRUM_KINDS,
     STATS_FORMAT,
     check_spectrum_file,
@@ -620,6 +621,8 @@ def _statistics_section(page: _Page, paths: list[Path]) -> None:
         except Exception as exc:
             page.problem(f"could not read {page.rel(path)}", exc, path)
             continue
+        if isinstance(doc, dict) and doc.get("format") == LOSS_STATS_FORMAT:
+            _loss_stats_figure(page, path)
         if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
             rows = [r for r in doc["rows"] if isinstance(r, dict)]
             rest = {k: v for k, v in doc.items() if k not in ("rows", "columns")}
@@ -657,6 +660,19 @@ def _statistics_section(page: _Page, paths: list[Path]) -> None:
                 + _rows_table(arrays)
                 + "</details>"
             )
+
+
+def _loss_stats_figure(page: _Page, path: Path) -> None:
+    """The per-layer gradient and curvature noise and the shrinkage over checkpoints."""
+    from ..plotting.loss_stats import plot_loss_stats
+
+    try:
+        fig = plot_loss_stats(path)
+    except Exception as exc:
+        page.problem(f"could not plot {page.rel(path)}", exc, path)
+        return
+    caption = "gradient noise, curvature noise and shrinkage coefficient per layer"
+    page.add(_figure(fig, f"loss statistics from {page.rel(path)}", caption, page.dpi))
 
 
 def _size(path: Path, unit: int, digits: int) -> float | None:

@@ -54,12 +54,16 @@ def evaluation_data(
     val_fraction: float | None = None,
     data_kwargs: dict[str, Any] | None = None,
     within: int | None = None,
+    holdout: float | None = None,
 ) -> Any:
     """The data set without augmentation or shuffling, optionally a seeded training subsample.
 
-    With ``within`` (the subsample a checkpoint's run was trained on, larger than
-    ``num_subsamples``) the ``num_subsamples`` samples are a seeded subset of those ``within``
-    training samples, so that the analysis only sees data the run was trained on.
+    With ``holdout`` (the ``val_fraction`` of a run trained with a validation split) the
+    training data leaves out that run's validation split (drawn with ``subsample_seed``, as in
+    training), also when evaluating on the test set. With ``within`` (the subsample a
+    checkpoint's run was trained on, larger than ``num_subsamples``) the ``num_subsamples``
+    samples are a seeded subset of those ``within`` training samples, so that the analysis
+    only sees data the run was trained on.
 
     Returns:
         A :class:`~deepcurvature.data.DataBundle`.
@@ -80,6 +84,8 @@ def evaluation_data(
         batch_size=batch_size,
         use_test=use_test,
         **({} if val_fraction is None else {"val_fraction": val_fraction}),
+        **({} if holdout is None or not use_test else {"val_fraction": holdout}),
+        exclude_validation=holdout is not None and use_test,
         augment=False,
         shuffle_train=False,
         subsample=within if nested else num_subsamples,
@@ -177,7 +183,10 @@ def checkpoint_options(
             a model name other than the recorded one, see :func:`check_recorded_names`).
 
     A ``val_fraction`` key in ``given`` (evaluating on a validation split) takes the run's
-    recorded split: its ``val_fraction`` and, for the split, its ``subsample_seed``.
+    recorded split: its ``val_fraction`` and, for the split, its ``subsample_seed``. Without
+    one, the training data of a run trained with a validation split still leaves that split
+    out: ``values["holdout"]`` is then the run's ``val_fraction`` (and its ``subsample_seed``
+    is taken), for :func:`evaluation_data`.
 
     Returns:
         ``(values, from_checkpoint, note)``: the options to use, the ones taken from the
@@ -200,19 +209,27 @@ def checkpoint_options(
     cfg = read_checkpoint(checkpoint_path, map_location="cpu").get("config") or {}
     check_recorded_names(checkpoint_path, cfg, dataset=dataset, model=model)
     split = "val_fraction" in values and cfg.get("use_test", True) is False
+    taken: dict[str, Any] = {}
+    holdout = (
+        "val_fraction" not in values
+        and "num_subsamples" in values  # data options apply (a data set given by name)
+        and cfg.get("use_test", True) is False
+        and cfg.get("val_fraction") is not None
+    )
+    if holdout:
+        values["holdout"] = taken["holdout"] = cfg["val_fraction"]
     note = None
     if cfg and "subsample" not in cfg:
         note = (
             f"{checkpoint_path} records no data options (written by an older deepcurvature): "
             "the given or default subsample and data options are used"
         )
-    taken: dict[str, Any] = {}
     for arg, (key, hard) in _RECORDED.items():
         if arg not in values or key not in cfg:
             continue
         if arg == "model_kwargs" and not (isinstance(model, str) and model == cfg.get("model")):
             continue
-        if arg == "subsample_seed" and cfg.get("subsample") is None and not split:
+        if arg == "subsample_seed" and cfg.get("subsample") is None and not (split or holdout):
             continue  # no subsample or split was drawn: its seed does not define the data
         if arg == "val_fraction" and not split:
             continue  # the run had no validation split: the given or default one is used

@@ -152,6 +152,7 @@ def compute_eigenspectrum(
     subsample_seed = chosen.get("subsample_seed", subsample_seed)
     data_kwargs = chosen.get("data_kwargs", data_kwargs)
     within = chosen.get("within")
+    holdout = chosen.get("holdout")
     if verbose and writes_files() and (taken or note):
         print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
     bundle = evaluation_data(
@@ -163,6 +164,7 @@ def compute_eigenspectrum(
         download=download,
         data_kwargs=data_kwargs,
         within=within,
+        holdout=holdout,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
     net = build_network(
@@ -204,6 +206,7 @@ def compute_eigenspectrum(
             "num_subsamples": num_subsamples,
             "subsample_seed": subsample_seed,
             "subsample_within": within,
+            "validation_held_out": holdout,
             "params": params if params is None or isinstance(params, (str, list)) else str(params),
             "weight_decay": weight_decay,
             "data_kwargs": data_kwargs or {},

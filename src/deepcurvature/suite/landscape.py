@@ -164,6 +164,7 @@ def build_loss_landscape(
     taken: dict[str, Any] = {}
     note = None
     within = None
+    holdout = None
     if isinstance(dataset, str):  # data options apply to a data set given by name
         given = dict(
             num_subsamples=num_subsamples,
@@ -176,6 +177,7 @@ def build_loss_landscape(
         chosen, taken, note = checkpoint_options(checkpoint_path, given)
         num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
         within = chosen.get("within")
+        holdout = chosen.get("holdout")
         data_kwargs, batch_size = chosen["data_kwargs"], chosen["batch_size"]
         val_fraction = chosen.get("val_fraction", val_fraction)
     batch_size = batch_size or 128
@@ -193,6 +195,7 @@ def build_loss_landscape(
         val_fraction=val_fraction,
         data_kwargs=data_kwargs,
         within=within,
+        holdout=holdout,
     )
     model_name = model if isinstance(model, str) else type(model).__name__
     net = build_network(
@@ -232,6 +235,7 @@ def build_loss_landscape(
             "num_subsamples": num_subsamples,
             "subsample_seed": subsample_seed,
             "subsample_within": within,
+            "validation_held_out": holdout,
             "data_kwargs": data_kwargs or {},
             "from_checkpoint": taken,
             "checkpoint_note": note,

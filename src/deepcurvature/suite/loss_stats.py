@@ -286,6 +286,7 @@ def compute_loss_stats(
     taken: dict[str, Any] = {}
     note = None
     within = None
+    holdout = None
     if isinstance(dataset, str):  # data options apply to a data set given by name
         given = dict(
             num_subsamples=num_subsamples, subsample_seed=subsample_seed, data_kwargs=data_kwargs
@@ -298,6 +299,7 @@ def compute_loss_stats(
         val_fraction = chosen.get("val_fraction", val_fraction)
         num_subsamples, subsample_seed = chosen["num_subsamples"], chosen["subsample_seed"]
         within = chosen.get("within")
+        holdout = chosen.get("holdout")
         data_kwargs = chosen["data_kwargs"]
     if verbose and writes_files() and (taken or note):
         print(f"note: {note}" if note else f"using {describe_taken(taken)}", flush=True)
@@ -313,6 +315,7 @@ def compute_loss_stats(
         val_fraction=val_fraction,
         data_kwargs=data_kwargs,
         within=within,
+        holdout=holdout,
     )
     first_cfg: dict[str, Any] = {}
     if checkpoints[0] is not None:
@@ -358,6 +361,7 @@ def compute_loss_stats(
         "num_subsamples": num_subsamples,
         "subsample_seed": subsample_seed,
         "subsample_within": within,
+        "validation_held_out": holdout,
         "data_kwargs": data_kwargs or {},
         "from_checkpoint": taken,
         "checkpoint_note": note,

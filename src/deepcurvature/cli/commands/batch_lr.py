@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CommandError
+from ..failures import cli_wording
 from ._common import (
     BRIEF_TRAINING_FILES,
     add_brief_training_option,
+    add_checkpoint_data_options,
     add_curvature_options,
     add_output_options,
     checkpoint_file,
@@ -61,8 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of eigsh")
     add_curvature_options(p)
-    p.add_argument("--subsample", type=int, default=None, help="use N random training samples")
-    p.add_argument("--subsample-seed", type=int, default=0, help="seed of the subsample")
+    add_checkpoint_data_options(p, batch_size=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the mini-batches (and training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate the products in float64")
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> dict:
     """Check every argument (batch sizes against the data set) before anything is written."""
     from ...analysis.batch_extremes import check_batch_sizes
-    from ...suite._network import evaluation_data
+    from ...suite._network import checkpoint_options, describe_taken, evaluation_data
 
     for b in args.batch_sizes:
         positive("--batch-sizes", b)
@@ -85,20 +86,34 @@ def _validate(args: argparse.Namespace) -> dict:
     if args.checkpoint is not None:
         checkpoint_file(args.checkpoint)
     ckpt_cfg, model, dataset = recorded_names(args, args.checkpoint)
+    given = {"num_subsamples": args.subsample, "subsample_seed": args.subsample_seed}
+    try:  # the checkpoint's run's subsample, seed and validation split (left out)
+        chosen, taken, note = checkpoint_options(args.checkpoint, {**given, "data_kwargs": None})
+    except ValueError as exc:
+        raise CommandError(cli_wording(NAME, str(exc))) from None
     bundle = evaluation_data(
         dataset,
         args.data_path,
         batch_size=max(args.batch_sizes),
-        num_subsamples=args.subsample,
-        subsample_seed=args.subsample_seed,
+        num_subsamples=chosen["num_subsamples"],
+        subsample_seed=chosen["subsample_seed"],
         download=args.download,
+        data_kwargs=chosen["data_kwargs"],
+        within=chosen.get("within"),
+        holdout=chosen.get("holdout"),
     )
     try:
         check_batch_sizes(args.batch_sizes, len(bundle.train_set))
     except ValueError as exc:
         raise CommandError(f"--batch-sizes: {exc}") from None
     model_kwargs = ckpt_cfg.get("model_kwargs") or {} if args.model is None else {}
-    return {"model": model, "dataset": dataset, "model_kwargs": model_kwargs, "bundle": bundle}
+    return {
+        "model": model,
+        "dataset": dataset,
+        "model_kwargs": model_kwargs,
+        "bundle": bundle,
+        "announce": f"note: {note}" if note else taken and f"using {describe_taken(taken)}",
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     out = folder.path
     console = Console()
     verbose = not args.quiet
+    if settings["announce"]:
+        print(settings["announce"], flush=True)
     with folder:  # on any failure or interrupt: remove this run's files, and only those
         checkpoint = args.checkpoint
         if training:

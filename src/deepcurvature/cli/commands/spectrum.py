@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         ("mass near zero", f"{s['mass_near_zero']:.4f}"),
         ("trace estimate", f"{s['trace_estimate']:.6g}"),
         ("time (s)", f"{s['seconds']:.2f}"),
+        ("peak memory (MiB)", _memory_text(s, result.info.get("memory_kind"))),
     ]
     taken = result.config.get("from_checkpoint") or {}
     if taken:
@@ -160,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
     json.dumps(s, default=str)  # the summary is JSON-ready (also stored in spectrum.json)
     sys.stdout.flush()
     return 0
+
+
+def _memory_text(s: dict, kind: str | None) -> str:
+    """The run's peak memory and what it measures (host RSS, or CUDA allocated)."""
+    if s.get("peak_memory_mb") is None:
+        return "-"
+    what = {"host_max_rss": "host RSS", "cuda_max_allocated": "CUDA allocated"}.get(kind or "")
+    return f"{s['peak_memory_mb']:,.0f}" + (f" ({what})" if what else "")
 
 
 def _steps_text(s: dict) -> str:
