@@ -83,20 +83,14 @@ raise (see :mod:`deepcurvature.operators.distributed`).
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import grad, jvp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils._pytree import tree_map
 
-from ..io.results import load_npz_json, save_npz_json
 from ..linalg.probes import PROBE_KINDS, draw_probes, resolve_seed
 from ..linalg.shrinkage import shrinkage_ratio
 from ..operators.base import CurvatureOperator
@@ -108,7 +102,10 @@ from ..operators.distributed import (
 )
 from ..operators.losses import prediction_scores
 from ..progress import ProgressBar
+from .batch_products import _BatchEvaluator, _is_classification
+from .loss_stats_result import LossStats
 from .minibatch_plan import _agree, _eval_batches, _plan, _positive_int
+from .parameter_groups import ROOT_LAYER, group_parameters, layer_of  # noqa: F401  (re-exported)
 
 __all__ = [
     "STAT_MATRICES",
@@ -119,7 +116,6 @@ __all__ = [
 ]
 
 STAT_MATRICES = ("hessian", "ggn")
-ROOT_LAYER = "(root)"
 
 # quantities that depend on the probe vectors (reported as mean over probes and standard error)
 PROBE_KEYS = (
@@ -132,225 +128,6 @@ PROBE_KEYS = (
     "curv_frobenius_sq",
 )
 GRAD_KEYS = ("grad_norm_sq", "grad_batch_norm_sq", "grad_var")
-
-Tensors = dict[str, torch.Tensor]
-
-
-# ------------------------------------------------------------------------------------------------
-# parameter groups
-
-
-def layer_of(param_name: str) -> str:
-    """The name of the module owning a parameter.
-
-    ``"features.0.weight"`` -> ``"features.0"``; ``"(root)"`` for a parameter of the top-level
-    module.
-    """
-    head, sep, _ = param_name.rpartition(".")
-    return head if sep else ROOT_LAYER
-
-
-def group_parameters(names: Sequence[str]) -> dict[str, list[str]]:
-    """Group parameter names by owning module, in order of first appearance."""
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        groups.setdefault(layer_of(n), []).append(n)
-    return groups
-
-
-# ------------------------------------------------------------------------------------------------
-# the result
-
-
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    return x
-
-
-def _none_to_nan(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (math.nan if v is None else v) for k, v in d.items()}
-
-
-@dataclass
-class LossStats:
-    """Loss, gradient and curvature statistics of a model over a data set (see the module doc).
-
-    Attributes:
-        values: whole-model statistics, ``{key: float}`` (NaN when undefined, e.g. the accuracy of
-            a regression model or a standard error with one probe).
-        layers: per-layer statistics, ``{layer: {key: float}}`` (empty when ``per_layer=False``).
-        per_probe: whole-model probe-dependent values before averaging, ``{key: (k,) array}``.
-        batches: per-mini-batch records: ``loss`` ``(M,)``, ``grad_norm_sq`` ``(M,)``,
-            ``curv_norm_sq`` ``(M, k)``, ``size`` ``(M,)``.
-        config: how they were computed (matrix, probes, seed, batch size, sizes, data passes...).
-    """
-
-    values: dict[str, float]
-    layers: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_probe: dict[str, np.ndarray] = field(default_factory=dict)
-    batches: dict[str, np.ndarray] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> float:
-        return self.values[key]
-
-    def as_row(self, *, layers: bool = False) -> dict[str, Any]:
-        """A flat ``{column: value}`` dict for tables.
-
-        The whole-model values, the matrix, probes and sizes, and with ``layers=True`` also
-        ``"LAYER/KEY"`` columns.
-        """
-        row: dict[str, Any] = {
-            "matrix": self.config.get("matrix"),
-            "probes": self.config.get("probes"),
-            "batch_size": self.config.get("batch_size"),
-            "num_batches": self.config.get("num_batches"),
-            "num_samples": self.config.get("num_samples"),
-            "num_params": self.config.get("num_params"),
-        }
-        row.update(self.values)
-        if layers:
-            for name, vals in self.layers.items():
-                row.update({f"{name}/{k}": v for k, v in vals.items()})
-        return row
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.npz`` and ``path.json`` atomically.
-
-        The npz file holds the per-probe and per-batch arrays, the JSON file the values, layers
-        and config (NaN written as ``null``).
-
-        Returns:
-            The ``.npz`` path.
-        """
-        arrays = {f"probe_{k}": np.asarray(v) for k, v in self.per_probe.items()}
-        arrays.update({f"batch_{k}": np.asarray(v) for k, v in self.batches.items()})
-        meta = {
-            "kind": "LossStats",
-            "values": _nan_to_none(self.values),
-            "layers": {k: _nan_to_none(v) for k, v in self.layers.items()},
-            "config": self.config,
-        }
-        npz, _ = save_npz_json(path, arrays, meta)
-        return npz
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LossStats:
-        """Read statistics written by :meth:`save` (path with or without ``.npz``)."""
-        arrays, meta = load_npz_json(path)
-        if meta.get("kind") != "LossStats":
-            raise ValueError(f"{path} is not a loss statistics file (kind={meta.get('kind')!r})")
-        return cls(
-            values=_none_to_nan(meta["values"]),
-            layers={k: _none_to_nan(v) for k, v in meta.get("layers", {}).items()},
-            per_probe={k[6:]: v for k, v in arrays.items() if k.startswith("probe_")},
-            batches={k[6:]: v for k, v in arrays.items() if k.startswith("batch_")},
-            config=meta.get("config", {}),
-        )
-
-    def __repr__(self) -> str:
-        v = self.values
-        return (
-            f"LossStats(matrix={self.config.get('matrix')!r}, loss={v.get('loss'):.4g}, "
-            f"grad_var={v.get('grad_var'):.4g}, curv_shrinkage={v.get('curv_shrinkage'):.3g}, "
-            f"layers={len(self.layers)})"
-        )
-
-
-def _detach(out: Any) -> Any:
-    """``out`` detached: a tensor, or every tensor of a dict / ``ModelOutput`` output."""
-    if isinstance(out, torch.Tensor):
-        return out.detach()
-    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
-
-
-def _is_classification(out: torch.Tensor | None, y: torch.Tensor) -> bool:
-    if out is None:
-        return False
-    return (
-        out.ndim >= 2
-        and not y.is_floating_point()
-        and tuple(y.shape) == tuple(out.shape[:1]) + tuple(out.shape[2:])
-    )
-
-
-class _BatchEvaluator:
-    """Loss, gradient ``(P,)`` and curvature block ``H_b V`` ``(P, k)`` of one batch's mean loss."""
-
-    def __init__(self, op: CurvatureOperator, matrix: str, V: torch.Tensor) -> None:
-        self.op, self.matrix = op, matrix
-        self.state, self.fixed = op.functional_state()
-        self.tangents = op.layout.columns_to_dict(V)
-        self.k = V.shape[1]
-
-    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        if self.matrix == "hessian":
-            g, hv, value, out = self._hessian(batch)
-        else:
-            g, hv, value, out = self._ggn(batch)
-        layout = self.op.layout
-        return value, layout.flatten(g), layout.dict_to_columns(hv), out
-
-    def _hessian(self, batch: Batch):
-        op, fixed = self.op, self.fixed
-
-        def loss(p: Tensors):
-            out = op.batch_output(p, fixed, batch)
-            value = op.objective(out, batch.targets)
-            return value, (value.detach(), _detach(out))
-
-        gradient = grad(loss, has_aux=True)
-
-        def products(v: Tensors):
-            g, hv, aux = jvp(gradient, (self.state,), (v,), has_aux=True)
-            return g, hv, aux
-
-        if self.k == 1:  # plain jvp: cheaper than a vmap over one tangent
-            g, hv, (value, out) = products({n: t[0] for n, t in self.tangents.items()})
-            return g, {n: t.unsqueeze(0) for n, t in hv.items()}, value, out
-        g, hv, (value, out) = vmap(products, out_dims=(None, 0, None))(self.tangents)
-        return g, hv, value, out
-
-    def _ggn(self, batch: Batch):
-        op, fixed = self.op, self.fixed
-        leaves = {n: t.detach().requires_grad_() for n, t in self.state.items()}
-
-        def forward(p: Tensors) -> torch.Tensor:
-            # a tensor, or the TypeError of the GGN operator (a custom loss of a dict output)
-            return op._output_tensor(p, fixed, batch)
-
-        with torch.enable_grad():
-            out, jv = vmap(lambda v: jvp(forward, (leaves,), (v,)), out_dims=(None, 0))(
-                self.tangents
-            )
-        y, f = batch.targets, out.detach()
-        with torch.no_grad():
-            value = op.objective(f, y)
-        W = op.objective.hessian_product(f, y, jv.detach())  # (k, n, ...)
-        G = op.objective.output_gradient(f, y)  # (n, ...)
-        cot = torch.cat([G.unsqueeze(0), W.to(G.dtype)])  # gradient and k GGN columns at once
-        if out.requires_grad:
-            grads = torch.autograd.grad(
-                out, list(leaves.values()), cot, is_grads_batched=True, allow_unused=True
-            )
-        else:  # the output does not depend on the selected parameters
-            grads = (None,) * len(leaves)
-        full = {
-            n: g
-            if g is not None
-            else torch.zeros((self.k + 1, *t.shape), dtype=t.dtype, device=t.device)
-            for (n, t), g in zip(leaves.items(), grads, strict=True)
-        }
-        g = {n: t[0] for n, t in full.items()}
-        hv = {n: t[1:] for n, t in full.items()}
-        return g, hv, value, f
-
-
-# ------------------------------------------------------------------------------------------------
-# the statistics
 
 
 def _given_directions(probes: torch.Tensor, P: int) -> torch.Tensor:

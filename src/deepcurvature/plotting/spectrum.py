@@ -27,11 +27,9 @@ stays distinguishable under the common colour-vision deficiencies.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,12 +37,25 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnchoredText
 from matplotlib.ticker import NullLocator
-from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
 
-from ..io import atomic_write_bytes
-from ..io.results import npz_names, read_json, read_npz, result_paths
-from ..linalg.density import SpectralDensity, density_metadata_from_file
-from .style import OKABE_ITO, close_figure, matrix_label, new_figure
+from ..linalg.density import SpectralDensity
+from .figure_file import save_figure
+from .mass_axis import (
+    _CUT_ABOVE_BULK,
+    MASS_CLIP_RATIO,
+    _bulk_top,
+    _check_mass_options,
+    _clip_to_cut,
+    _log_mass_limits,
+    _mark_clipped,
+)
+from .spectrum_file import read_spectrum
+from .spectrum_text import (
+    _default_title,
+    _summary_text,
+    negative_mass_text,  # noqa: F401  (re-exported: public here)
+)
+from .style import OKABE_ITO, new_figure
 
 __all__ = [
     "COLORS",
@@ -65,90 +76,10 @@ COLORS: dict[str, str] = {
     "extra": "#0072B2",  # blue: anything else (diagonal approximations...)
 }
 
-_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
-
-#: The linear mass axis is clipped to the bulk when its largest bars (or atoms) hold more than
-#: this many times the mass of the largest remaining bar and of the reference curve.
-MASS_CLIP_RATIO = 5.0
-#: At most this many bars and atoms are clipped: more is not "an atom", the axis stays whole.
-_MAX_CLIPPED = 3
-#: The cut is this factor above the bulk: the clipped bars stick out of the bulk visibly.
-_CUT_ABOVE_BULK = 1.25
 
 #: Modes of ``plot_spectrum(mode, path=...)``: the stem plot, stems with a kernel-smoothed
 #: curve, and the cumulative spectral mass (a step function).
 SPECTRUM_MODES = ("lanczos", "smooth", "cdf")
-
-
-def read_spectrum(path: str | os.PathLike) -> tuple[SpectralDensity, dict[str, Any]]:
-    """Read a spectrum file written by ``SpectrumResult.save`` or ``SpectralDensity.save``.
-
-    Args:
-        path: ``NAME.npz``, ``NAME.json`` or ``NAME`` (the pair ``NAME.npz`` + ``NAME.json``).
-
-    Returns:
-        ``(density, metadata)``: the :class:`SpectralDensity` (its ``metadata`` holds the
-        Lanczos settings and the matrix) and the whole JSON metadata (``kind``, ``config``,
-        ``info``, ``summary``...; ``{}`` without a JSON file).
-
-    Raises:
-        FileNotFoundError: there is no ``NAME.npz``.
-        ValueError: the file holds no ``nodes``/``weights`` arrays (it is not a spectrum).
-    """
-    npz, sidecar = result_paths(path)
-    if not npz.is_file():
-        raise FileNotFoundError(f"no result file at {npz}")
-    meta: dict[str, Any] = {}
-    if sidecar.is_file():
-        meta = read_json(sidecar, what="result file")
-        if not isinstance(meta, dict):
-            raise ValueError(f"{sidecar} is not a valid result file: its JSON is not an object")
-    # read only the density's arrays: the file may also hold (P, m) eigenvectors
-    names = npz_names(npz)
-    arrays = read_npz(npz, ("nodes", "weights", "probe_index"))
-    missing = [k for k in ("nodes", "weights") if k not in arrays]
-    if missing:
-        kind = meta.get("kind")
-        what = f"a {kind} file" if kind else f"arrays {sorted(names)}"
-        raise ValueError(
-            f"{npz} is not a spectrum file: it holds {what}, without the 'nodes' and 'weights' "
-            f"arrays of a SpectrumResult or SpectralDensity"
-        )
-    density = SpectralDensity(
-        arrays["nodes"],
-        arrays["weights"],
-        dim=meta.get("dim"),
-        probe_index=arrays.get("probe_index"),
-        metadata=density_metadata_from_file(meta),
-    )
-    return density, meta
-
-
-def _count(n: object) -> str:
-    return f"{n:,}" if isinstance(n, int) else str(n)
-
-
-def _default_title(density: SpectralDensity, file_meta: dict[str, Any] | None) -> str:
-    """One or two lines: which matrix, of which model and data, with which Lanczos settings."""
-    meta = density.metadata or {}
-    config = (file_meta or {}).get("config") or {}
-    info = (file_meta or {}).get("info") or {}
-    name = matrix_label(config.get("matrix", meta.get("matrix")))
-    head = f"{name} spectral density" if name and name != "operator" else "Spectral density"
-    if config.get("model") and config.get("dataset"):
-        head += f" of {config['model']} on {config['dataset']}"
-    details = []
-    steps = config.get("steps", meta.get("steps"))
-    if steps is not None:
-        n_p = config.get("probes", meta.get("probes", 1))
-        details.append(f"Lanczos m={steps}, {n_p} probe{'s' * (n_p != 1)}")
-    if file_meta is None:
-        return ", ".join([head, *details])
-    sizes = [f"{k} = {_count(info[k])}" for k in ("P", "N") if info.get(k) is not None]
-    if not sizes and density.dim is not None:
-        sizes = [f"P = {_count(density.dim)}"]
-    details.extend(sizes)
-    return head + ("\n" + ", ".join(details) if details else "")
 
 
 def _as_density(density: Any) -> SpectralDensity:
@@ -177,130 +108,6 @@ def _axes_size_inches(ax: Axes) -> tuple[float, float]:
     pos = ax.get_position()
     fig = ax.figure
     return pos.width * fig.get_figwidth(), max(0.85 * pos.height * fig.get_figheight(), 0.5)
-
-
-def _bulk_top(masses: np.ndarray, floor: float) -> float | None:
-    """Top of the bulk when at most :data:`_MAX_CLIPPED` values dominate ``masses``, else None.
-
-    ``floor`` is a height the bulk reaches anyway (the reference curve): never clipped.
-    """
-    v = np.sort(masses[np.isfinite(masses) & (masses > 0)])[::-1]
-    for k in range(1, min(_MAX_CLIPPED, v.size) + 1):
-        rest = max(float(v[k]) if k < v.size else 0.0, floor)
-        if rest > 0 and v[k - 1] > MASS_CLIP_RATIO * rest:
-            return rest
-    return None
-
-
-def _clip_to_cut(mass_ax: Axes, artist: Any, cut: float) -> None:
-    """Clip ``artist`` of ``mass_ax`` (a linear axis from 0) at the height ``cut``."""
-    trans = blended_transform_factory(mass_ax.transAxes, mass_ax.transData)
-    artist.set_clip_box(TransformedBbox(Bbox([[0.0, 0.0], [1.0, cut]]), trans))
-
-
-def _mark_clipped(
-    mass_ax: Axes,
-    bars: Any,
-    bar_masses: np.ndarray,
-    atoms: list[tuple[float, float]],
-    cut: float,
-    xlim: tuple[float, float],
-) -> list[tuple[float, str]]:
-    """Cut the bars above ``cut``, write their masses next to the cut; ``[(x, text)]`` written."""
-    groups: list[list[float]] = []  # [x0, x1, bar masses...] of runs of adjacent clipped bins
-    if bars is not None:
-        last = -2
-        for i, (patch, mass) in enumerate(zip(bars.patches, bar_masses, strict=True)):
-            if mass <= cut:
-                continue
-            _clip_to_cut(mass_ax, patch, cut)
-            x0, x1 = patch.get_x(), patch.get_x() + patch.get_width()
-            if i == last + 1:
-                groups[-1][1] = x1
-                groups[-1].append(float(mass))
-            else:
-                groups.append([x0, x1, float(mass)])
-            last = i
-    notes = [[g[0], g[1], "mass " + ", ".join(f"{m:.3g}" for m in g[2:])] for g in groups]
-    for loc, mass in atoms:
-        if mass <= cut:
-            continue
-        where = next((k for k, g in enumerate(groups) if g[0] <= loc <= g[1]), None)
-        if where is None:
-            notes.append([loc, loc, f"atom {mass:.3g}"])
-        else:
-            notes[where][2] += f" (law: {mass:.3g})"
-    written = []
-    lo, hi = xlim
-    for x0, x1, text in notes:
-        # beside the bar, not over it (a stem may stand on it); on its left near the right edge
-        right = (x1 - lo) / (hi - lo) < 0.75
-        x = x1 if right else x0
-        label = mass_ax.annotate(
-            f"↑ {text}",
-            xy=(x, cut),
-            xytext=(3 if right else -3, 1),
-            textcoords="offset points",
-            ha="left" if right else "right",
-            va="bottom",
-            fontsize="small",
-            color=OKABE_ITO["blue"],
-            annotation_clip=False,
-        )
-        label.set_gid("clipped mass")
-        written.append((float(x), f"↑ {text}"))
-    return written
-
-
-def _check_mass_options(
-    mass_ylim: Any, mass_scale: str, log_weights: bool
-) -> tuple[float, float] | None:
-    if mass_scale not in ("linear", "log"):
-        raise ValueError(f"mass_scale must be 'linear' or 'log', got {mass_scale!r}")
-    if mass_scale == "log" and not log_weights:
-        raise ValueError(
-            "mass_scale='log' needs the mass on its own axis: keep log_weights=True (the stems "
-            "then use the left axis, the histogram and curves a logarithmic right axis)"
-        )
-    if mass_ylim is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in mass_ylim)
-    except (TypeError, ValueError):
-        raise ValueError(f"mass_ylim must be a pair (low, high), got {mass_ylim!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"mass_ylim must be finite with low < high, got {mass_ylim!r}")
-    if mass_scale == "log" and lo <= 0:
-        raise ValueError(f"a logarithmic mass axis needs mass_ylim[0] > 0, got {lo}")
-    return lo, hi
-
-
-def negative_mass_text(density: SpectralDensity, psd: bool | None = None) -> str:
-    """One line on the negative mass, saying below which tolerance it counts.
-
-    ``"negative mass = 0.3 (θ < −3e-06)"``, with the strict count when round-off negatives were
-    left out (``"; 0.31 with any θ < 0"``), or ``"negative mass = 0 (PSD by construction)"``
-    for a GGN or Fisher (``psd``, default ``density.psd_by_construction``), whose negative Ritz
-    values are round-off.
-    """
-    s = density.negative_mass_summary(psd)
-    if s["psd_by_construction"]:
-        return "negative mass = 0 (PSD by construction)"
-    text = f"negative mass = {s['negative_mass']:.3g} (θ < −{s['negative_mass_tol']:.2g})"
-    if s["negative_mass_strict"] != s["negative_mass"]:
-        text += f"; {s['negative_mass_strict']:.3g} with any θ < 0"
-    return text
-
-
-def _summary_text(density: SpectralDensity, psd: bool | None = None) -> str:
-    n_probes = len(np.unique(density.probe_index))
-    lines = [
-        f"λ_max = {density.lambda_max:.4g}",
-        f"λ_min = {density.lambda_min:.4g}",
-        negative_mass_text(density, psd),
-        f"nodes = {density.nodes.size} ({n_probes} probe{'s' if n_probes != 1 else ''})",
-    ]
-    return "\n".join(lines)
 
 
 def plot_spectrum(
@@ -629,38 +436,6 @@ def plot_spectrum(
     return fig
 
 
-def _log_mass_limits(
-    mass_ax: Axes,
-    exact: np.ndarray | None,
-    bar_masses: np.ndarray,
-    atoms: list[tuple[float, float]],
-    ref_values: np.ndarray | None,
-    free: float,
-) -> None:
-    """Limits of a logarithmic mass axis: from below the smallest bar to above the largest."""
-    values = [bar_masses, np.array([m for _, m in atoms])]
-    if ref_values is not None:
-        values.append(ref_values[np.isfinite(ref_values)])
-    data = np.concatenate(values)
-    data = data[data > 0]
-    if data.size == 0:
-        return
-    top = float(data.max())
-    # one eigenvalue's bar is 1/P: the smallest non-empty bar; else three decades or the atoms
-    if exact is not None:
-        bottom = 0.5 / exact.size
-    else:
-        bottom = min([top * 1e-3] + [m / 2.0 for _, m in atoms if m > 0])
-    # ticks only where masses can be (<= 1): the space above holds the legend
-    lo_exp, hi_exp = math.ceil(np.log10(bottom)), math.floor(np.log10(top))
-    hi_exp = min(hi_exp + 1, 0) if top > 10.0**hi_exp else hi_exp
-    step = max(1, math.ceil((hi_exp - lo_exp + 1) / 6))
-    mass_ax.set_yticks([10.0**e for e in range(hi_exp, lo_exp - 1, -step)])
-    mass_ax.yaxis.set_minor_locator(NullLocator())
-    decades = np.log10(top / bottom) + 0.05
-    mass_ax.set_ylim(bottom, top * 10 ** (0.05 + decades * free / (1.0 - free)))
-
-
 def _plot_cdf(
     density: SpectralDensity,
     *,
@@ -719,35 +494,3 @@ def _plot_cdf(
     if legend:
         ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
     return fig
-
-
-def save_figure(
-    fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = False
-) -> Path:
-    """Write ``fig`` to ``path`` atomically; the format (PNG, PDF or SVG) comes from the suffix.
-
-    With ``close=True`` the figure is closed in pyplot afterwards (``plt.close(fig)``), so code
-    that only writes files (the command line, reports) does not keep figures open; the default
-    keeps it open for ``plt.show()``.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: the suffix is not ``.png``, ``.pdf`` or ``.svg``.
-    """
-    path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"cannot tell the figure format from {path.name!r}: end the file name with "
-            f"one of {', '.join(_FORMATS)}"
-        )
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format=fmt, dpi=dpi)
-    finally:
-        if close:
-            close_figure(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

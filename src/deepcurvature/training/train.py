@@ -26,13 +26,12 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
 from .._version import __version__
@@ -54,6 +53,8 @@ from .data_parallel import (
     wait_for_rank0,
     wrap_model,
 )
+from .divergence import TrainingDivergedError, _diverged
+from .epoch import _evaluate_all, _train_epoch
 from .rng import get_rng_state, loader_generators, set_rng_state
 from .run_folder import (
     check_run_dir,
@@ -78,174 +79,9 @@ from .setup import (
 )
 from .stats import StatsLog, evaluate, loss_growth_warning, weight_norms
 from .summary import print_summary
+from .train_result import TrainResult
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train_network"]
-
-
-class TrainingDivergedError(ValueError, FloatingPointError):
-    """Training produced a non-finite loss, update or weight.
-
-    A ``ValueError`` (as before) and a ``FloatingPointError``; the message names the epoch, the
-    step and the fix.
-    """
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train_network` produced.
-
-    Attributes:
-        dir: the run folder (``None`` for an in-memory run).
-        model: the trained model (the last iterate).
-        optimizer: the optimiser, with its state.
-        stats: one dict per completed epoch (the rows of ``stats.json``).
-        checkpoints: the checkpoint files written by this call, in order.
-        config: the JSON-serialisable run description stored in checkpoints.
-        swa_model: the ``AveragedModel`` when ``swa=True``.
-        warnings: the warning records of the run (``{"epoch", "kind", "message"}``, as in
-            ``stats.json``).
-    """
-
-    dir: Path | None
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    stats: list[dict[str, Any]]
-    checkpoints: list[Path] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    swa_model: nn.Module | None = None
-    warnings: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final_checkpoint(self) -> Path | None:
-        """The last checkpoint written, or ``None``."""
-        return self.checkpoints[-1] if self.checkpoints else None
-
-    def column(self, name: str) -> list[Any]:
-        """The values of one statistic over the epochs (``None`` where absent)."""
-        return [row.get(name) for row in self.stats]
-
-
-# ---------------------------------------------------------------------------- the loop
-def _diverged(where: str, reason: str, opt: torch.optim.Optimizer) -> TrainingDivergedError:
-    """The error of a run that diverged ``where`` (``"epoch 2, step 7 of 12"``)."""
-    text = f"training diverged at {where}: {reason}"
-    if "learning rate" not in reason:
-        group = opt.param_groups[0]
-        fixes = [f"lower the learning rate (lr={group['lr']:.3g})"]
-        if isinstance(group.get("damping"), (int, float)):
-            fixes.append(f"raise damping (damping={group['damping']:.3g})")
-        text += f"; {', '.join(fixes)} or check the data"
-    return TrainingDivergedError(" ".join(text.split()))
-
-
-def _train_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable,
-    device: torch.device,
-    progress: ProgressBar,
-    lr_at: Callable[[int], None] | None,
-    epoch: int,
-) -> tuple[float, float | None, float]:
-    """One pass over ``loader``; returns ``(mean loss, accuracy, loss of the first batch)``.
-
-    Each batch's loss is read once (one host read per step) and checked before the backward
-    pass: a non-finite loss, or a ``FloatingPointError`` / ``LinAlgError`` inside the
-    optimiser's step, raises :class:`TrainingDivergedError` naming ``epoch`` (from 1) and the
-    step. The hit masks stay on the device and are reduced once per epoch.
-    """
-    model.train()
-    total = 0.0
-    sizes: list[int] = []
-    hits: list[torch.Tensor] = []
-    classify = None
-    first = math.nan
-    n_batches = len(loader)
-    info_every = max(1, n_batches // 10)
-    for b, (x, y) in enumerate(loader):
-        if lr_at is not None:
-            lr_at(b)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = loss_fn(out, y)
-        value = loss.item()
-        where = f"epoch {epoch}, step {b + 1} of {n_batches}"
-        if not math.isfinite(value):
-            raise _diverged(where, f"the training loss is {value}", optimizer)
-        if b == 0:
-            first = value
-        loss.backward()
-        try:
-            optimizer.step()
-        except (FloatingPointError, torch.linalg.LinAlgError) as exc:
-            raise _diverged(where, f"in the optimizer's step: {exc}", optimizer) from exc
-        total += value * y.shape[0]
-        sizes.append(y.shape[0])
-        if classify is None:
-            classify = out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
-        if classify:
-            hits.append(out.detach().argmax(dim=1) == y)
-        progress.advance()
-        if progress.verbose and ((b + 1) % info_every == 0 or b + 1 == n_batches):
-            mean, acc = _epoch_means(total, sizes, hits)
-            text = f"loss {mean:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")
-            progress.set_info(text)
-    if not sizes:
-        raise ValueError("the training loader is empty")
-    return (*_epoch_means(total, sizes, hits), first)
-
-
-def _epoch_means(
-    total: float, sizes: list[int], hits: list[torch.Tensor]
-) -> tuple[float, float | None]:
-    """Sample-weighted mean of the batch losses and the accuracy (one host read)."""
-    count = sum(sizes)
-    if not hits:
-        return total / count, None
-    return total / count, float(torch.cat(hits).sum()) / count
-
-
-def _evaluate_all(
-    net: nn.Module,
-    swa_model: AveragedModel | None,
-    opt: torch.optim.Optimizer,
-    loaders: tuple[DataLoader, DataLoader],
-    loss_fn: Callable,
-    dev: torch.device,
-    bn: bool,
-    evaluate: Callable[..., dict[str, Any]] = evaluate,
-) -> dict[str, Any]:
-    """Test statistics of the iterate, and of the SWA / Gadam averages when they exist."""
-    train_loader, test_loader = loaders
-    t0 = time.perf_counter()
-    res = evaluate(net, test_loader, loss_fn, dev)
-    row = {
-        "test_loss": res["loss"],
-        "test_accuracy": res["accuracy"],
-        "test_top5_accuracy": res["top5_accuracy"],
-    }
-    if swa_model is not None and int(swa_model.n_averaged) > 0:
-        if bn:  # the averaged weights need their own batch-norm statistics
-            update_bn(train_loader, swa_model, device=dev)
-        sres = evaluate(swa_model, test_loader, loss_fn, dev)
-        row.update(
-            swa_test_loss=sres["loss"],
-            swa_test_accuracy=sres["accuracy"],
-            swa_test_top5_accuracy=sres["top5_accuracy"],
-        )
-    if isinstance(opt, IterateAveraging) and opt.n_averaged > 0:
-        with opt.averaged():
-            ares = evaluate(net, test_loader, loss_fn, dev)
-        row.update(
-            avg_test_loss=ares["loss"],
-            avg_test_accuracy=ares["accuracy"],
-            avg_test_top5_accuracy=ares["top5_accuracy"],
-        )
-    row["eval_time"] = time.perf_counter() - t0
-    return row
 
 
 def train_network(
