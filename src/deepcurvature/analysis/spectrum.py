@@ -209,6 +209,11 @@ def spectrum(
     basis_dtype: torch.dtype | None = None,
     verbose: bool = True,
     config: dict[str, Any] | None = None,
+    basis: str = "memory",
+    basis_device: str | torch.device | None = None,
+    basis_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
     **operator_kwargs: Any,
 ) -> SpectrumResult:
     """Learn the spectral density of a curvature matrix (or any symmetric operator).
@@ -228,6 +233,12 @@ def spectrum(
         basis_dtype: storage dtype of the Lanczos basis.
         verbose: progress bar per Lanczos step.
         config: extra configuration recorded in the result.
+        basis: where the Lanczos basis is kept: ``"memory"``, ``"host"`` or ``"disk"`` (see
+            :func:`~deepcurvature.linalg.lanczos`).
+        basis_device: device of a memory basis (``"cpu"``: host memory).
+        basis_dir: folder of a disk basis's file.
+        checkpoint: a Lanczos state file, continued from when it exists.
+        checkpoint_every: steps between two writes of ``checkpoint``.
         **operator_kwargs: ``params``, ``bn_mode``, ``weight_decay``, ``dtype``, ``device``...
             for the curvature operator.
 
@@ -257,6 +268,11 @@ def spectrum(
         basis_dtype=basis_dtype,
         verbose=verbose,
         description=f"Lanczos ({matrix})",
+        basis=basis,
+        basis_device=basis_device,
+        basis_dir=basis_dir,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
     seconds = time.perf_counter() - t0
     cfg = {
@@ -283,6 +299,8 @@ def spectrum(
         "steps_clamped": res.steps_requested is not None and res.steps_requested > res.steps,
         "broke_down": [bool(b) for b in res.broke_down],
         "device": str(op.device),
+        "basis": res.basis_kind,
+        "resumed_from_step": res.resumed_from,
     }
     density = res.density()
     density.metadata.update({"matrix": matrix, "psd_by_construction": is_psd_matrix(matrix)})

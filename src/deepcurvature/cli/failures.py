@@ -75,6 +75,10 @@ _OPTIONS = {
         "probes": "--probes",
         "epochs": "--train-epochs",
         "save_eigvec": "--save-eigvec",
+        "basis": "--basis",
+        "basis_dir": "--basis-dir",
+        "lanczos_state_path": "--save-state-every",
+        "lanczos_state_every": "--save-state-every",
     },
     "stats": {"probes": "--probes", "num_batches": "--num-batches", "epochs": "--train-epochs"},
     "landscape": {"n_points": "--n-points", "dist": "--dist", "spectrum_path": "--spectrum"},
@@ -194,6 +198,9 @@ def failure_line(command: str, exc: BaseException) -> str:
     """The one line printed for ``exc``: problem and fix, in the command line's words."""
     if isinstance(exc, KeyboardInterrupt | Terminated):
         how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        note = getattr(exc, "cli_note", None)  # what a resumable run kept, and how to resume
+        if note:
+            return f"deepcurvature {command}: interrupted ({how}); {note}"
         return f"deepcurvature {command}: interrupted ({how}); partial files of this run removed"
     text = _message(exc)
     text = _without_unsafe_advice(text)

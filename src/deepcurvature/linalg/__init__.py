@@ -1,5 +1,6 @@
 """Matrix-free linear algebra on any symmetric linear operator (no torch.nn, models or data)."""
 
+from .basis import BASIS_KINDS, LanczosBasis, open_basis
 from .density import (
     NEGATIVE_MASS_RTOL,
     NEGATIVE_MASS_RTOL_BY_PRECISION,
@@ -8,6 +9,7 @@ from .density import (
 )
 from .eigsh import EigshResult, eigsh
 from .lanczos import LanczosResult, lanczos, tridiagonal_eigh
+from .lanczos_state import load_state, operator_fingerprint
 from .logdet import LOGDET_METHODS, LogdetResult, logdet
 from .maxent import (
     MaxEntError,
@@ -65,6 +67,13 @@ __all__ = [
     "solve",
     "trace",
     "tridiagonal_eigh",
+]
+__all__ += [
+    "BASIS_KINDS",
+    "LanczosBasis",
+    "load_state",
+    "open_basis",
+    "operator_fingerprint",
 ]
 __all__ += [
     "LOGDET_METHODS",

@@ -8,15 +8,25 @@ Algorithm 1 of the paper, with these choices:
 * the scalars alpha and beta are accumulated in float64 whatever the operator's dtype, and the
   tridiagonal eigenproblem is solved in float64 by ``scipy.linalg.eigh_tridiagonal``;
 * several probes run as independent recurrences whose products share one ``matmat`` per step;
-* a probe whose beta falls below a relative tolerance has found an invariant subspace and stops.
+* a probe whose beta falls below a relative tolerance has found an invariant subspace and stops;
+* the basis is kept in device memory, host memory or a memory-mapped file (:mod:`.basis`), with
+  bitwise identical results, and a long run can write its state every few steps and continue
+  from it bit for bit (:mod:`.lanczos_state`).
+
+Memory of a run: the basis ``(probes, m, P)``, plus per step at most the product's input (a copy
+only when the basis's dtype or device differs from the operator's, or when some probes stopped),
+the product ``A Q_j`` ``(P, probes)``, the work vector ``w`` ``(probes, P)`` on the basis's device,
+and the operator's workspace; the float64 scalars are accumulated in slices (:func:`.dot64`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +34,16 @@ import scipy.linalg
 import torch
 
 from ..progress import ProgressBar
+from .basis import BASIS_KINDS, DiskBasis, LanczosBasis, default_chunk, dot64, open_basis
 from .density import SpectralDensity
+from .lanczos_state import (
+    Recurrence,
+    check_state,
+    load_state,
+    operator_fingerprint,
+    save_state,
+    tensor_digest,
+)
 from .operator import as_operator, lower_precision
 from .probes import draw_probes, resolve_seed
 
@@ -79,6 +98,9 @@ class LanczosResult:
             ``torch.cuda.reset_peak_memory_stats``), so they never decrease. Empty when not
             measurable (no ``resource`` module).
         memory_kind: ``"cuda_max_allocated"`` or ``"host_max_rss"`` (``None`` if unmeasured).
+        basis_kind: where the basis was kept: ``"memory"``, ``"host"`` or ``"disk"``.
+        resumed_from: the steps a continued run read from its checkpoint (``None``: a fresh run);
+            ``step_times`` and ``step_memory`` then include the earlier steps.
     """
 
     alphas: list[np.ndarray]
@@ -100,6 +122,8 @@ class LanczosResult:
     ritz_vectors: list[torch.Tensor] | None = None
     basis: list[torch.Tensor] | None = None
     residuals: list[torch.Tensor] | None = None
+    basis_kind: str = "memory"
+    resumed_from: int | None = None
 
     @property
     def n_probes(self) -> int:
@@ -172,6 +196,12 @@ def lanczos(
     breakdown_tol: float | None = None,
     verbose: bool = True,
     description: str = "Lanczos",
+    basis: str = "memory",
+    basis_device: str | torch.device | None = None,
+    basis_dir: str | os.PathLike | None = None,
+    basis_chunk: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
 ) -> LanczosResult:
     """Run ``steps`` Lanczos steps with full reorthogonalisation from each of ``probes`` vectors.
 
@@ -182,24 +212,39 @@ def lanczos(
         probes: number of independent random start vectors ``n_v`` (all share one ``matmat``
             per step).
         seed: seed of the random start vectors (drawn on the CPU; a fresh one when ``None``,
-            recorded in the result).
+            recorded in the result; a continued run takes the state's).
         probe: ``"rademacher"`` or ``"gaussian"`` start vectors.
         start: explicit start vectors ``(P,)`` or ``(P, k)`` instead of random ones.
-        store_vectors: keep the basis and return Ritz vectors ``(P, m)`` per probe.
+        store_vectors: keep the basis and return Ritz vectors ``(P, m)`` per probe (on the
+            basis's device: the host for a host or disk basis).
         basis_dtype: dtype in which the basis is stored and reorthogonalised (default: the
             operator's); float32 halves the memory, float64 improves orthogonality.
         breakdown_tol: a probe stops when ``beta < breakdown_tol * ||T||`` (estimate);
             default ``eps ** (2/3)`` of the basis dtype.
         verbose: show a progress bar with the time per step.
         description: label of the progress bar.
+        basis: where the ``(probes, m, P)`` basis is kept (see :mod:`.basis`): ``"memory"`` (on
+            ``basis_device``, default the operator's device), ``"host"`` (host memory while the
+            products run on a GPU; the same as ``basis_device="cpu"``) or ``"disk"`` (a
+            memory-mapped file). The three give bitwise identical results on one device.
+        basis_device: device of a memory basis (``"cpu"`` keeps it in host memory).
+        basis_dir: folder of the disk basis's file (default: the checkpoint's folder, else a
+            new temporary folder); the file is removed when the run ends, unless a checkpoint
+            needs it.
+        basis_chunk: vectors per chunk of the streamed reorthogonalisation (default: 256 MiB).
+        checkpoint: a state file: written atomically every ``checkpoint_every`` steps; when it
+            exists, the run continues from it (with bitwise identical results) after checking
+            that it was saved for the same operator and settings; removed when the run ends.
+        checkpoint_every: steps between two checkpoints.
 
     Returns:
         A :class:`LanczosResult`; ``result.density()`` is the spectral density of equation 25.
 
     Raises:
-        ValueError: bad ``steps``/``probes``/``start``, a zero start vector, a dense matrix
-            with NaN or infinite entries ("not finite", checked before symmetry) or a
-            non-symmetric one.
+        ValueError: bad ``steps``/``probes``/``start``/``basis``, a zero start vector, a dense
+            matrix with NaN or infinite entries ("not finite", checked before symmetry) or a
+            non-symmetric one, or a ``checkpoint`` that is not a state of this run (naming what
+            differs).
         TypeError: a complex matrix or operator.
         FloatingPointError: the operator's product is not finite (NaN or infinity in ``A v``,
             seen in the scalars alpha and beta of that step): names the step and the probe.
@@ -224,7 +269,18 @@ def lanczos(
     bdtype = basis_dtype or op.dtype
     if not bdtype.is_floating_point:
         raise TypeError(f"basis_dtype must be a floating dtype, got {bdtype}")
+    kind, bdev = resolve_basis(basis, basis_device, basis_dir, op.device)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, (int, np.integer))
+        or checkpoint_every < 1
+    ):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    state = load_state(ckpt) if ckpt is not None and ckpt.exists() else None
 
+    V0: torch.Tensor | None = None
+    start_digest = None
     if start is not None:
         if not isinstance(start, torch.Tensor):
             start = torch.as_tensor(np.asarray(start))
@@ -235,56 +291,166 @@ def lanczos(
             )
         V0 = start.T.to(dtype=torch.float64, device=op.device)
         probe_kind, used_seed = "given", None
+        start_digest = tensor_digest(V0) if ckpt is not None else None
     else:
         if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
             raise ValueError(f"probes must be a positive integer, got {probes!r}")
+        if seed is None and state is not None:
+            seed = state["run"].get("seed")  # continue the recorded run
         used_seed = resolve_seed(seed)
-        V0 = draw_probes(P, int(probes), kind=probe, seed=used_seed, device=op.device)
         probe_kind = probe
-    k = V0.shape[0]
-    norms0 = torch.linalg.vector_norm(V0, dim=1)
-    if not torch.all(torch.isfinite(norms0)):
-        raise ValueError("the start vector contains NaN or infinity")
-    if torch.any(norms0 == 0):
-        raise ValueError("a start vector is zero: Lanczos needs a non-zero start vector")
-
+    k = V0.shape[0] if V0 is not None else int(probes)
     tol = _default_breakdown_tol(bdtype) if breakdown_tol is None else float(breakdown_tol)
-    Q = torch.empty((k, steps, P), dtype=bdtype, device=op.device)
-    Q[:, 0] = (V0 / norms0[:, None]).to(bdtype)
-    del V0
-    alphas = np.zeros((k, steps))
-    betas = np.zeros((k, steps))
-    done_steps = np.full(k, steps, dtype=np.int64)
-    active = np.ones(k, dtype=bool)
-    broke = np.zeros(k, dtype=bool)
-    scale = np.zeros(k)  # running estimate of ||T||, for the relative breakdown test
-    residual_vecs: torch.Tensor | None = None
-    step_memory: list[int] = []
-    memory_kind: str | None = None
+    itemsize = torch.empty((), dtype=bdtype).element_size()
+    chunk = int(basis_chunk) if basis_chunk is not None else default_chunk(k, P, itemsize)
+    if chunk < 1:
+        raise ValueError(f"basis_chunk must be a positive number of vectors, got {basis_chunk}")
+    settings = {
+        "steps": steps,
+        "probes": k,
+        "probe": probe_kind,
+        "seed": used_seed,
+        "start": start_digest,
+        "basis_dtype": str(bdtype).removeprefix("torch."),
+        "breakdown_tol": tol,
+        "basis_in": "file" if kind == "disk" else "state",
+        "basis_chunk": chunk,  # the chunks set the order of the sums: bitwise identity
+    }
+    fingerprint = operator_fingerprint(op) if ckpt is not None else None
+    if state is not None:
+        assert ckpt is not None and fingerprint is not None
+        check_state(state, ckpt, fingerprint, settings)
+    rec = Recurrence.restore(state, P) if state is not None else Recurrence.fresh(k, steps)
+    if state is None:
+        if V0 is None:
+            V0 = draw_probes(P, k, kind=probe, seed=used_seed, device=op.device)
+        rec.norms0 = torch.linalg.vector_norm(V0, dim=1)
+        if not torch.all(torch.isfinite(rec.norms0)):
+            raise ValueError("the start vector contains NaN or infinity")
+        if torch.any(rec.norms0 == 0):
+            raise ValueError("a start vector is zero: Lanczos needs a non-zero start vector")
+    shape = (k, steps, P)
+    if state is not None and kind == "disk":
+        path = state["basis_file"]["path"]
+        B = open_basis(kind, shape, bdtype, device=bdev, path=path, chunk=chunk)
+    else:
+        folder = basis_dir if basis_dir is not None or ckpt is None else ckpt.parent
+        B = open_basis(kind, shape, bdtype, device=bdev, directory=folder, chunk=chunk)
+    if isinstance(B, DiskBasis):
+        B.track = ckpt is not None  # the digest is for checkpoints only
+    resumed_from = int(state["done"]) if state is not None else None
+    saved = state is not None  # a state on disk refers to this run (its basis file included)
+    try:
+        if state is not None:
+            rec.restore_basis(B, state)
+            state = None  # release the memory-mapped state file
+        else:
+            assert V0 is not None
+            if start is None:  # our own draw: normalise in place (no second float64 copy)
+                B.append(V0.div_(rec.norms0[:, None]))
+            else:
+                B.append(V0 / rec.norms0[:, None])
+        del V0
 
-    with ProgressBar(steps, description, verbose=verbose) as bar:
-        for j in range(steps):
+        def save(done: int, times: list[float]) -> None:
+            assert ckpt is not None
+            save_state(ckpt, rec.state_dict(B, done, times, fingerprint, settings))
+
+        every = int(checkpoint_every) if ckpt is not None else 0
+        _run(op, B, rec, steps, tol, store_vectors, verbose, description, every, save)
+        saved = saved or rec.saved
+        result = _finish(op, B, rec, steps, store_vectors)
+    except BaseException:
+        if kind == "disk":
+            B.close(remove=not (saved or rec.saved))
+        raise
+    if ckpt is not None and (saved or rec.saved):
+        ckpt.unlink(missing_ok=True)  # ours: written or continued by this call
+    if kind == "disk":
+        B.close(remove=True)
+    result.steps_requested = steps_requested
+    result.precision = str(lower_precision(op.product_dtype, bdtype)).removeprefix("torch.")
+    result.seed, result.probe = used_seed, probe_kind
+    result.basis_kind = kind
+    result.resumed_from = resumed_from
+    return result
+
+
+def resolve_basis(
+    basis: str,
+    basis_device: str | torch.device | None,
+    basis_dir: str | os.PathLike | None,
+    op_device: torch.device,
+) -> tuple[str, torch.device]:
+    """``(kind, device)`` of the basis.
+
+    ``"memory"`` on the CPU while the products run elsewhere is ``"host"``; a host or disk basis
+    lives on the CPU.
+    """
+    if basis not in BASIS_KINDS:
+        raise ValueError(f"basis must be one of {', '.join(BASIS_KINDS)}, got {basis!r}")
+    if basis_dir is not None and basis != "disk":
+        raise ValueError(f"basis_dir applies to basis='disk' only (got basis={basis!r})")
+    dev = torch.device(basis_device) if basis_device is not None else None
+    if basis == "memory":
+        dev = dev or op_device
+        return ("host" if dev.type == "cpu" and op_device.type != "cpu" else "memory"), dev
+    if dev is not None and dev.type != "cpu":
+        raise ValueError(
+            f"a {basis} basis lives in host memory: basis_device must be 'cpu' or None, got {dev}"
+        )
+    return basis, torch.device("cpu")
+
+
+def _run(
+    op: Any,
+    B: LanczosBasis,
+    rec: Recurrence,
+    steps: int,
+    tol: float,
+    store_vectors: bool,
+    verbose: bool,
+    description: str,
+    every: int,
+    save: Any,
+) -> None:
+    """The Lanczos steps ``rec.done .. steps - 1`` (Algorithm 1), in place on ``rec`` and ``B``.
+
+    Full-length temporaries per step: the product's input (a copy only when the basis's dtype or
+    device differs from the operator's, or when some probes stopped), the product ``A Q_j``
+    ``(P, k)``, and ``w`` ``(k, P)`` on the basis device; the float64 scalars are accumulated in
+    slices (:func:`dot64`).
+    """
+    k, P = B.k, B.dim
+    alphas, betas, scale = rec.alphas, rec.betas, rec.scale
+    active, broke, done_steps = rec.active, rec.broke, rec.done_steps
+    j0 = rec.done
+    label = description if j0 == 0 else f"{description} (from step {j0})"
+    with ProgressBar(steps - j0, label, verbose=verbose) as bar:
+        for j in range(j0, steps):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            all_active = idx.size == k
-            Qj = Q[:, j] if all_active else Q[torch.as_tensor(idx, device=op.device), j]
-            AV = op.matmat(Qj.T.to(op.dtype))  # (P, k_active): one shared product
-            if all_active:
-                W = AV.T.to(bdtype).contiguous()
+            Qj = B.vector(j)  # (k, P) view of the basis
+            rows = Qj if idx.size == k else Qj[torch.as_tensor(idx, device=B.device)]
+            AV = op.matmat(rows.to(device=op.device, dtype=op.dtype).T)  # (P, k_active)
+            del rows
+            W = torch.empty((k, P), dtype=B.dtype, device=B.device)
+            if idx.size == k:
+                W.copy_(AV.T)
             else:
-                W = torch.zeros((k, P), dtype=bdtype, device=op.device)
-                W[torch.as_tensor(idx, device=op.device)] = AV.T.to(bdtype)
-            if bdtype != torch.float64:  # alpha_j = q_j^T A q_j accumulated in float64
-                alpha = torch.einsum("kp,kp->k", Q[:, j].double(), W.double())
-            basis = Q[:, : j + 1]
-            W3 = W.unsqueeze(2)  # (k, P, 1) view of W
-            for g in range(2):  # two classical Gram-Schmidt passes as matrix products
-                h = torch.bmm(basis, W3)  # (k, j+1, 1) = Q^T w
-                W3.baddbmm_(basis.transpose(1, 2), h, alpha=-1.0)  # w -= Q h
-                if bdtype == torch.float64:  # float64 basis: alpha is the total projection
-                    alpha = h[:, j, 0] if g == 0 else alpha + h[:, j, 0]
-            beta = torch.linalg.vector_norm(W, dim=1, dtype=torch.float64)
+                W.zero_()
+                for r, i in enumerate(idx):
+                    W[i].copy_(AV[:, r])
+            del AV
+            if B.dtype != torch.float64:  # alpha_j = q_j^T A q_j accumulated in float64
+                alpha = dot64(Qj, W)
+            last = B.orthogonalise(W, j + 1)  # two classical Gram-Schmidt passes
+            if B.dtype == torch.float64:  # float64 basis: alpha is the total projection
+                alpha = last
+                beta = torch.linalg.vector_norm(W, dim=1)
+            else:
+                beta = dot64(W, W).sqrt()
             ab = torch.stack([alpha, beta]).cpu().numpy()  # one host sync per step
             for i in idx:
                 a_i, b_i = ab[0, i], ab[1, i]
@@ -302,25 +468,35 @@ def lanczos(
                     betas[i, j] = 0.0
             if j < steps - 1:
                 inv = np.where(active, 1.0 / np.where(active, ab[1], 1.0), 0.0)
-                scale_t = torch.as_tensor(inv, dtype=bdtype, device=op.device)[:, None]
-                torch.mul(W, scale_t, out=Q[:, j + 1])
+                B.append_scaled(W, torch.as_tensor(inv, dtype=B.dtype, device=B.device))
             elif store_vectors:
-                residual_vecs = W.to(op.dtype)
+                rec.residuals = W.to(op.dtype)
+            del W
             bar.advance()
-            peak, memory_kind = peak_memory(op.device)  # one getrusage call: microseconds
+            peak, rec.memory_kind = peak_memory(op.device)  # one getrusage call: microseconds
             if peak is not None:
-                step_memory.append(peak)
+                rec.step_memory.append(peak)
+            rec.done = j + 1
+            if every and rec.done % every == 0 and rec.done < steps and active.any():
+                rec.saved = True  # from now on a state may refer to the basis: keep its file
+                save(rec.done, rec.step_times + list(bar.step_times))
             if verbose:
                 bar.set_info(f"alpha={ab[0, idx[0]]:.4g}")
-        step_times = list(bar.step_times)
+        rec.step_times += list(bar.step_times)
 
+
+def _finish(
+    op: Any, B: LanczosBasis, rec: Recurrence, steps: int, store_vectors: bool
+) -> LanczosResult:
+    """Ritz values, weights and (with ``store_vectors``) Ritz vectors of every probe."""
+    k, P = B.k, B.dim
     res_alphas, res_betas, ritz_vals, wts, ritz_vecs, bases, resids = [], [], [], [], [], [], []
     final_betas = np.zeros(k)
     for i in range(k):
-        m_i = int(done_steps[i])
-        a = alphas[i, :m_i].copy()
-        b = betas[i, : m_i - 1].copy()
-        final_betas[i] = 0.0 if broke[i] else betas[i, m_i - 1]
+        m_i = int(rec.done_steps[i])
+        a = rec.alphas[i, :m_i].copy()
+        b = rec.betas[i, : m_i - 1].copy()
+        final_betas[i] = 0.0 if rec.broke[i] else rec.betas[i, m_i - 1]
         theta, S = tridiagonal_eigh(a, b)
         w = S[0, :] ** 2
         w = w / w.sum()
@@ -329,30 +505,27 @@ def lanczos(
         ritz_vals.append(theta)
         wts.append(w)
         if store_vectors:
-            Qi = Q[i, :m_i].T.to(op.dtype)  # (P, m_i)
-            bases.append(Qi)
-            ritz_vecs.append(Qi @ torch.as_tensor(S, dtype=op.dtype, device=op.device))
-            if broke[i] or residual_vecs is None:
-                resids.append(torch.zeros(P, dtype=op.dtype, device=op.device))
+            bases.append(B.probe_basis(i, m_i, op.dtype))  # (P, m_i)
+            ritz_vecs.append(B.ritz_vectors(i, m_i, S, op.dtype))
+            if rec.broke[i] or rec.residuals is None:
+                resids.append(torch.zeros(P, dtype=op.dtype, device=B.device))
             else:
-                resids.append(residual_vecs[i])
+                resids.append(rec.residuals[i])
     return LanczosResult(
         alphas=res_alphas,
         betas=res_betas,
         residual_norms=final_betas,
         ritz_values=ritz_vals,
         weights=wts,
-        start_norms=norms0.cpu().numpy(),
-        broke_down=broke,
+        start_norms=rec.norms0.cpu().numpy(),
+        broke_down=rec.broke.copy(),
         dim=P,
         steps=steps,
-        steps_requested=steps_requested,
-        precision=str(lower_precision(op.product_dtype, bdtype)).removeprefix("torch."),
-        seed=used_seed,
-        probe=probe_kind,
-        step_times=step_times,
-        step_memory=step_memory,
-        memory_kind=memory_kind,
+        seed=None,
+        probe="",
+        step_times=rec.step_times,
+        step_memory=rec.step_memory,
+        memory_kind=rec.memory_kind,
         ritz_vectors=ritz_vecs if store_vectors else None,
         basis=bases if store_vectors else None,
         residuals=resids if store_vectors else None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from ..analysis.spectrum import SpectrumResult, spectrum
+from ..linalg.lanczos import resolve_basis
 from ._network import (
     build_network,
     check_memory,
@@ -24,6 +27,7 @@ from ._network import (
 
 __all__ = [
     "CURVATURE_MATRICES",
+    "check_basis_memory",
     "compute_eigenspectrum",
     "resolve_device",
 ]
@@ -81,6 +85,11 @@ def compute_eigenspectrum(
     download: bool = False,
     verbose: bool = True,
     data_kwargs: dict[str, Any] | None = None,
+    basis: str = "memory",
+    basis_device: str | torch.device | None = None,
+    basis_dir: str | os.PathLike | None = None,
+    lanczos_state_path: str | os.PathLike | None = None,
+    lanczos_state_every: int = 10,
 ) -> SpectrumResult:
     """Learn the spectrum of a network's curvature matrix at a checkpoint (paper Appendix C.1).
 
@@ -119,6 +128,17 @@ def compute_eigenspectrum(
         download: allow downloading a missing data set (torchvision).
         verbose: progress bars.
         data_kwargs: options of the named data set (default: the checkpoint's).
+        basis: where the Lanczos basis is kept: ``"memory"`` (on ``basis_device``, default the
+            evaluation device), ``"host"`` (host memory while the products run on a GPU) or
+            ``"disk"`` (a memory-mapped file in ``basis_dir``, default the state's folder or a
+            temporary one). The memory check before the run counts the basis where it is kept
+            (a disk basis against the free space of its folder).
+        basis_device: device of a memory basis (``"cpu"``: the same as ``basis="host"``).
+        basis_dir: folder of a disk basis's file.
+        lanczos_state_path: a Lanczos state file, written every ``lanczos_state_every`` steps;
+            when it exists the run continues from it (bitwise identical results) after checking
+            that it belongs to the same model, data and settings; removed at the end.
+        lanczos_state_every: steps between two states.
 
     A checkpoint written by ``train_network`` records the run's data and model options; the
     arguments above that are not given take the recorded values (listed in the result's
@@ -141,6 +161,11 @@ def compute_eigenspectrum(
         )
     matrix = CURVATURE_MATRICES[key]
     dev = resolve_device(device)
+    if lanczos_state_path is not None and _world_size() > 1:
+        raise ValueError(
+            "saving the Lanczos state (lanczos_state_path) is not supported in a process group "
+            "(torchrun) yet: run on one process, or without it"
+        )
     given: dict[str, Any] = {"model_kwargs": model_kwargs, "batch_size": batch_size}
     if isinstance(dataset, str):  # data options apply to a data set given by name
         given.update(
@@ -173,11 +198,17 @@ def compute_eigenspectrum(
     P, itemsize = selected_size(net, params, dtype)  # a bad selection fails before any pass
     if all(isinstance(x, int) and x > 0 for x in (lanczos_iters, probes)):
         m = min(lanczos_iters, P)  # full reorthogonalisation keeps the whole basis
-        check_memory(
-            (probes * m + (m if save_eigvec else 0)) * P * itemsize,
-            f"the Lanczos basis of probes={probes} x steps={m} vectors of P = {P:,} parameters",
-            "lower the probes or the steps, or select fewer parameters",
-            dev,
+        check_basis_memory(
+            basis,
+            basis_device,
+            basis_dir,
+            lanczos_state_path,
+            probes=probes,
+            steps=m,
+            dim=P,
+            itemsize=itemsize,
+            save_eigvec=save_eigvec,
+            device=dev,
         )
     res = spectrum(
         net,
@@ -194,6 +225,11 @@ def compute_eigenspectrum(
         dtype=dtype,
         weight_decay=weight_decay,
         device=dev,
+        basis=basis,
+        basis_device=basis_device,
+        basis_dir=basis_dir,
+        checkpoint=lanczos_state_path,
+        checkpoint_every=lanczos_state_every,
         config={
             "curvature_matrix": key,
             "model": model_name,
@@ -218,3 +254,70 @@ def compute_eigenspectrum(
     if save_spectrum_path is not None and writes_files():  # rank 0 only in a process group
         res.save(Path(save_spectrum_path))
     return res
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def check_basis_memory(
+    basis: str,
+    basis_device: str | torch.device | None,
+    basis_dir: str | os.PathLike | None,
+    state_path: str | os.PathLike | None,
+    *,
+    probes: int,
+    steps: int,
+    dim: int,
+    itemsize: int,
+    save_eigvec: bool,
+    device: torch.device,
+) -> None:
+    """Refuse, before any data pass, a Lanczos run whose basis cannot be kept where asked.
+
+    A memory basis counts against ``device``'s memory, a host basis against the host's, a disk
+    basis against the free space of its folder (and the Ritz vectors of ``save_eigvec``, kept in
+    host memory with a copy of the basis, against the host's); a state file of a memory or host
+    basis needs twice the basis on its disk (the new state is written beside the old one).
+
+    Raises:
+        ValueError: naming what does not fit and the fix.
+    """
+    kind, where = resolve_basis(basis, basis_device, basis_dir, device)
+    need = probes * steps * dim * itemsize
+    vectors = steps * dim * itemsize if save_eigvec else 0
+    what = f"the Lanczos basis of probes={probes} x steps={steps} vectors of P = {dim:,} parameters"
+    fix = "lower the probes or the steps, or select fewer parameters"
+    if kind == "disk":
+        if vectors:
+            check_memory(
+                2 * vectors,
+                f"save_eigvec with a disk basis (the Ritz vectors and the basis of P = {dim:,} "
+                f"parameters x {steps} steps in host memory)",
+                "drop save_eigvec, lower the steps, or select fewer parameters",
+                torch.device("cpu"),
+            )
+        folder = basis_dir or (Path(state_path).parent if state_path else tempfile.gettempdir())
+        _check_disk(need, Path(folder), what, f"choose basis_dir on a larger disk, or {fix}")
+        return
+    check_memory(need + vectors, what, f"{fix}, or use basis='disk'", where)
+    if state_path is not None:
+        _check_disk(
+            2 * need,
+            Path(state_path).parent,
+            f"the Lanczos state of {what} (written beside the previous one)",
+            f"write the state on a larger disk, or {fix}",
+        )
+
+
+def _check_disk(need: int, folder: Path, what: str, fix: str) -> None:
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the folder may not exist yet
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ValueError(
+            f"{what} needs {need / 2**30:.3g} GiB of disk space in {folder}, but only "
+            f"{free / 2**30:.3g} GiB are free: {fix}"
+        )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from ...io.outputs import OutputFolder
+from ..errors import CommandError
+from ..failures import Terminated
 from ..launch import is_rank0
 from ._common import (
     BRIEF_TRAINING_FILES,
@@ -20,6 +24,15 @@ from ._common import (
     resolve_brief_training,
     train_briefly,
 )
+from ._resume import (
+    ARGS_FILE,
+    STATE_FILE,
+    apply_recorded_arguments,
+    brief_training_checkpoint,
+    claim_resumed,
+    record_arguments,
+    resume_note,
+)
 
 NAME = "spectrum"
 HELP = "learn the Hessian/GGN/Fisher spectrum of a network with Lanczos (the main job)"
@@ -29,12 +42,15 @@ DESCRIPTION = (
     "arguments it runs offline: a small MLP is trained briefly on scikit-learn's digits and the "
     "Hessian spectrum is learned. With --checkpoint it loads a checkpoint written by "
     "'deepcurvature train' (the model and data set are read from it unless given). Writes "
-    "spectrum.npz, spectrum.json and spectrum.png into --out."
+    "spectrum.npz, spectrum.json and spectrum.png into --out. A long run started with "
+    "--save-state-every N keeps its Lanczos state in --out and, when stopped (Ctrl-C, SIGTERM, "
+    "a crash), continues with --resume DIR."
 )
 
 TRAIN_EPOCHS = 10
 #: The files a run writes into --out (with BRIEF_TRAINING_FILES when it trains first).
 SPECTRUM_FILES = ("spectrum.npz", "spectrum.json", "spectrum.png")
+BASIS_CHOICES = ("memory", "host", "disk")
 MATRIX_CHOICES = {
     "hessian": "hessian_lanczos",
     "ggn": "ggn_lanczos",
@@ -63,12 +79,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--float64", action="store_true", help="evaluate the products in float64")
     p.add_argument("--save-eigvec", action="store_true", help="also save the Ritz vectors")
+    p.add_argument(
+        "--basis",
+        choices=BASIS_CHOICES,
+        default="memory",
+        help=(
+            "where the Lanczos basis (probes x steps x P numbers) is kept: memory (on --device), "
+            "host (host memory while the products run on a GPU) or disk (a memory-mapped file)"
+        ),
+    )
+    p.add_argument(
+        "--basis-dir",
+        default=None,
+        help=(
+            "folder of the disk basis file (default: --out with --save-state-every, else a "
+            "temporary folder)%(default).0s"
+        ),
+    )
+    p.add_argument(
+        "--save-state-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            f"write the Lanczos state ({STATE_FILE}) into --out every N steps, so that a stopped "
+            "run continues with --resume (default: never)%(default).0s"
+        ),
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help=(
+            "continue the run stopped in DIR (started with --save-state-every) with the "
+            "arguments recorded there; options given must agree with them"
+        ),
+    )
     add_output_options(p, "spectrum")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _validate(args: argparse.Namespace) -> dict:
     """Check every argument before anything is written; return the resolved settings."""
+    if args.resume is not None:
+        apply_recorded_arguments(args, _defaults())
+    positive("--save-state-every", args.save_state_every, allow_none=True)
+    if args.basis_dir is not None and args.basis != "disk":
+        raise CommandError("--basis-dir is the folder of a disk basis: add --basis disk")
     positive("--steps", args.steps)
     positive("--probes", args.probes)
     positive("--batch-size", args.batch_size, allow_none=True)
@@ -90,13 +147,28 @@ def run(args: argparse.Namespace) -> int:
     from ...suite import compute_eigenspectrum
 
     settings = _validate(args)
-    training = args.checkpoint is None
-    folder = claim_output(args, "spectrum", SPECTRUM_FILES + (BRIEF_TRAINING_FILES * training))
+    resumable = args.save_state_every is not None
+    trained_before = None
+    if args.resume is not None and args.checkpoint is None:
+        trained_before = brief_training_checkpoint(Path(args.resume), args.train_epochs)
+    training = args.checkpoint is None and trained_before is None
+    if args.resume is not None:
+        folder = claim_resumed(args, SPECTRUM_FILES)
+    else:
+        extra = (ARGS_FILE,) if resumable else ()
+        folder = claim_output(
+            args, "spectrum", SPECTRUM_FILES + extra + (BRIEF_TRAINING_FILES * training)
+        )
     out = folder.path
+    # the spectrum's own files: all that is removed on failure once a Lanczos state is kept
+    results_part = OutputFolder(out, SPECTRUM_FILES, (), owned=folder.owned)
+    state = out / STATE_FILE if resumable else None
     console = Console(stderr=False)
     verbose = not args.quiet
-    with folder:  # on any failure or interrupt: remove this run's files, and only those
-        checkpoint = args.checkpoint
+    try:
+        if resumable and args.resume is None and is_rank0():
+            record_arguments(out, args)
+        checkpoint = args.checkpoint or trained_before
         if training:
             trained = train_briefly(
                 out, settings["model"], settings["dataset"], args, console, verbose
@@ -123,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
             model_kwargs=settings["model_kwargs"],
             download=args.download,
             verbose=verbose,
+            basis=args.basis,
+            basis_dir=args.basis_dir,
+            lanczos_state_path=state,
+            lanczos_state_every=args.save_state_every or 10,
         )
         s = result.summary()
         title = (
@@ -133,6 +209,17 @@ def run(args: argparse.Namespace) -> int:
             save_figure(plot_spectrum(result.density, title=title), out / "spectrum.png")
         if args.overwrite:
             folder.remove_stale()
+        if resumable and is_rank0():
+            (out / ARGS_FILE).unlink(missing_ok=True)  # the run is complete
+    except BaseException as exc:
+        kept = state is not None and state.is_file()
+        if kept:  # keep the state, its arguments and model: remove only the spectrum's files
+            results_part.cleanup()
+            if isinstance(exc, KeyboardInterrupt | Terminated):
+                exc.cli_note = resume_note(state, out)  # type: ignore[union-attr]
+        else:
+            folder.cleanup()
+        raise
 
     table = Table(title=title)
     table.add_column("quantity")
@@ -161,6 +248,13 @@ def run(args: argparse.Namespace) -> int:
     json.dumps(s, default=str)  # the summary is JSON-ready (also stored in spectrum.json)
     sys.stdout.flush()
     return 0
+
+
+def _defaults() -> dict:
+    """The parser's default of every option of this command."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    return vars(p.parse_args([]))
 
 
 def _memory_text(s: dict, kind: str | None) -> str:
