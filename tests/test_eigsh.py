@@ -365,3 +365,70 @@ def test_power_iteration_is_deterministic():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dc.power_iteration(A, 1, seed=3, verbose=False)
+
+
+# -- accuracy="value" and verify=False ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MATRICES))
+@pytest.mark.parametrize("k", [1, 5])
+def test_value_accuracy_meets_tol_on_eigenvalues_with_fewer_products(name, k):
+    A, evals = matrix(name)
+    exact = expected_values(evals, k, "LA")
+    scale = np.abs(exact).max()
+    counts = {}
+    for accuracy, verify in (("residual", True), ("value", True), ("value", False)):
+        op = CountingOperator(A)
+        res = dc.eigsh(op, k, tol=1e-6, accuracy=accuracy, verify=verify, seed=3, verbose=False)
+        assert res.converged
+        assert res.n_matvec == op.count
+        assert np.max(np.abs(res.values - exact)) <= 1e-6 * scale
+        counts[(accuracy, verify)] = res.n_matvec
+    assert counts[("value", True)] <= counts[("residual", True)]
+    # without the check, exactly the k columns of the final product are saved
+    assert counts[("value", False)] == counts[("value", True)] - k
+
+
+def test_verify_false_reports_the_lanczos_residual_estimates():
+    A, _ = matrix("random150")
+    res = dc.eigsh(A, 3, tol=1e-8, verify=False, seed=5, verbose=False)
+    true = true_residuals(A, res)
+    scale = np.abs(res.values).max()
+    # estimates agree with the true residuals up to round-off of ||A|| eps
+    np.testing.assert_allclose(res.residual_norms, true, rtol=1e-3, atol=1e-12 * scale)
+    assert res.n_matvec < dc.eigsh(A, 3, tol=1e-8, seed=5, verbose=False).n_matvec
+
+
+def test_value_error_bounds_min_of_residual_and_kato_temple():
+    from deepcurvature.linalg.eigsh import value_error_bounds
+
+    theta = np.array([0.0, 1.0, 3.0])
+    out = value_error_bounds(theta, np.array([2, 1]), np.array([0.1, 2.0]))
+    np.testing.assert_allclose(out, [0.1**2 / 2.0, 2.0])  # r^2/gap, and r when r < r^2/gap
+    np.testing.assert_allclose(value_error_bounds(np.array([1.0]), np.array([0]), [0.5]), [0.5])
+
+
+def test_warm_start_from_a_nearby_vector_saves_products():
+    A, evals = matrix("synthetic1000")
+    cold = dc.eigsh(A, 1, tol=1e-6, accuracy="value", verify=False, seed=2, verbose=False)
+    u = cold.vectors[:, 0] + 0.05 * torch.randn(
+        A.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    ) / np.sqrt(A.shape[0])
+    warm = dc.eigsh(A, 1, tol=1e-6, accuracy="value", verify=False, start=u, verbose=False)
+    assert abs(warm.values[0] - evals.max()) <= 1e-6 * evals.max()
+    assert warm.n_matvec < cold.n_matvec
+
+
+def test_unknown_accuracy_is_refused():
+    A, _ = matrix("random150")
+    with pytest.raises(ValueError, match="accuracy"):
+        dc.eigsh(A, 1, accuracy="eigenvalue", verbose=False)
+
+
+def test_value_accuracy_stops_at_the_attainable_accuracy_in_float32():
+    """tol below float32 round-off: pairs at the residual floor count as converged."""
+    A, evals = matrix("synthetic1000")
+    res = dc.eigsh(A.float(), 6, tol=1e-12, accuracy="value", seed=0, verbose=False)
+    assert res.converged and res.n_matvec < 200
+    exact = np.sort(evals)[-6:]
+    assert np.max(np.abs(res.values - exact)) <= 1e-5 * exact.max()

@@ -203,3 +203,86 @@ def test_bad_input_errors():
         dc.trace(nan_op, 6, method="hutch++", verbose=False)
     with pytest.raises(FloatingPointError, match="diagonal probes 1-4"):
         dc.diagonal(nan_op, 4, verbose=False)
+
+
+def test_hutch_plus_plus_probes_share_the_sketch_passes():
+    """Two phases of matmat calls: [A S, A Z] together, then A Q."""
+    A = decaying(60, 5)
+
+    class Counting(dc.LinearOperator):
+        def __init__(self):
+            super().__init__((60, 60), torch.float64, symmetric=True)
+            self.cols = []
+
+        def _matmat(self, V):
+            self.cols.append(V.shape[1])
+            return A @ V
+
+    op = Counting()
+    t = dc.trace(op, 30, method="hutch++", seed=1, block_size=64, verbose=False)
+    assert op.cols == [20, 10]  # sketch (10) + probes (10) in one pass, then Q (10)
+    assert t.n_passes == 2 and t.n_matvec == 30
+    t = dc.trace(A, 30, seed=1, block_size=8, verbose=False)
+    assert t.n_passes == 4
+
+
+def test_hutch_plus_plus_equals_the_projected_probe_estimator():
+    """The samples are (Pz)^T A (Pz), P = I - QQ^T, with Q = orth(A S) (Meyer et al.)."""
+    A = dense_symmetric(40, 3)
+    t = dc.trace(A, 12, method="hutch++", seed=9, verbose=False)
+    g = torch.Generator().manual_seed(9)
+    draw = [dc.draw_probes(40, 1, kind="rademacher", generator=g)[0] for _ in range(8)]
+    S, Z = torch.stack(draw[:4], 1).double(), torch.stack(draw[4:], 1).double()
+    Q = torch.linalg.qr(A @ S)[0]
+    PZ = Z - Q @ (Q.T @ Z)
+    np.testing.assert_allclose(t.samples, ((PZ * (A @ PZ)).sum(0)).numpy(), rtol=1e-10, atol=1e-10)
+    assert t.exact_part == pytest.approx(float(torch.trace(Q.T @ A @ Q)), rel=1e-12)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    A = dense_symmetric(30, 4)
+
+    class Crashing(dc.LinearOperator):
+        def __init__(self, after):
+            super().__init__((30, 30), torch.float64, symmetric=True)
+            self.after, self.calls = after, 0
+
+        def _matmat(self, V):
+            self.calls += 1
+            if self.calls > self.after:
+                raise Interrupted
+            return A @ V
+
+    full = dc.trace(A, 50, seed=3, block_size=8, verbose=False)
+    path = tmp_path / "trace.pt"
+    with pytest.raises(Interrupted):
+        dc.trace(Crashing(3), 50, seed=3, block_size=8, checkpoint=path, verbose=False)
+    state = torch.load(path, weights_only=True)
+    assert state["done"] == 24
+    op = Crashing(100)
+    resumed = dc.trace(op, 50, block_size=8, checkpoint=path, verbose=False)  # seed from the file
+    assert op.calls == 4  # the 4 blocks left of 7
+    assert resumed.value == full.value and resumed.seed == 3
+    np.testing.assert_array_equal(resumed.samples, full.samples)
+    # a finished checkpoint gives the same estimate without any product
+    again = dc.trace(Crashing(0), 50, seed=3, checkpoint=path, verbose=False)
+    assert again.value == full.value
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    A = dense_symmetric(20, 5)
+    path = tmp_path / "trace.pt"
+    dc.trace(A, 10, seed=1, checkpoint=path, verbose=False)
+    with pytest.raises(ValueError, match="seed"):
+        dc.trace(A, 10, seed=2, checkpoint=path, verbose=False)
+    with pytest.raises(ValueError, match="probes"):
+        dc.trace(A, 12, seed=1, checkpoint=path, verbose=False)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a valid trace checkpoint"):
+        dc.trace(A, 10, seed=1, checkpoint=path, verbose=False)
+    with pytest.raises(ValueError, match="hutchinson"):
+        dc.trace(A, 10, method="hutch++", checkpoint=tmp_path / "x.pt", verbose=False)

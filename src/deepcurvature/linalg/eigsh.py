@@ -15,6 +15,10 @@ Stewart 2001):
 * at a restart the ``k + (ncv - k) // 2`` most wanted Ritz vectors are kept, ``H`` becomes
   ``diag(theta)`` plus the arrowhead ``beta * s_m`` (last components of the kept eigenvectors of
   ``H``) and the expansion continues from ``f``;
+* convergence is read from the free Lanczos residual estimates ``|beta * s_{m,i}|``: on the
+  residuals themselves (``accuracy="residual"``) or on the eigenvalue error estimate
+  ``min(r, r^2 / gap)`` (``accuracy="value"``, far fewer steps for the same eigenvalue
+  accuracy), confirmed with one product of the Ritz vectors unless ``verify=False``;
 * an invariant subspace (``beta ~ 0``) is continued from a fresh random vector orthogonal to the
   basis; when ``ncv >= P`` the problem is solved exactly from the dense matrix.
 """
@@ -37,6 +41,7 @@ from .probes import draw_probes, resolve_seed
 __all__ = ["WHICH", "EigshResult", "eigsh"]
 
 WHICH = ("LA", "SA", "LM", "BE")
+ACCURACY = ("residual", "value")
 
 
 @dataclass
@@ -48,8 +53,9 @@ class EigshResult:
         vectors: ``(P, k)`` orthonormal eigenvector estimates, in the operator's dtype and device;
             column ``i`` belongs to ``values[i]``.
         residual_norms: ``(k,)`` float64 true residuals ``||A u_i - theta_i u_i||``, computed with
-            one final product of the operator with ``vectors``.
-        n_matvec: number of operator columns applied, that final check included.
+            one final product of the operator with ``vectors`` (with ``verify=False``: the
+            Lanczos estimates ``|beta * s_{m,i}|``, no product).
+        n_matvec: number of operator columns applied, the final check (if any) included.
         n_restarts: number of restarts (0 for the exact path and for power iteration).
         converged: whether every pair met the residual criterion.
         which: which eigenvalues were asked for (``"LA"``, ``"SA"``, ``"LM"`` or ``"BE"``).
@@ -106,6 +112,52 @@ def residual_threshold(tol: float, wanted: np.ndarray, anorm: float, P: int, eps
     """
     scale = float(np.max(np.abs(wanted))) if np.size(wanted) else 0.0
     return max(tol * scale, 10.0 * math.sqrt(P) * eps * anorm)
+
+
+def threshold(
+    tol: float, wanted: np.ndarray, anorm: float, P: int, eps: float, accuracy: str
+) -> float:
+    """The bound the residuals (``"residual"``) or eigenvalue errors (``"value"``) must meet.
+
+    ``"residual"``: :func:`residual_threshold`; ``"value"``: ``max(tol * max|theta_wanted|,
+    4 eps ||A||)``, the accuracy of a Rayleigh quotient in the working precision.
+    """
+    if accuracy == "residual":
+        return residual_threshold(tol, wanted, anorm, P, eps)
+    scale = float(np.max(np.abs(wanted))) if np.size(wanted) else 0.0
+    return max(tol * scale, 4.0 * eps * anorm)
+
+
+def value_error_bounds(
+    theta: np.ndarray, want: np.ndarray, res: np.ndarray, floor: float = 0.0
+) -> np.ndarray:
+    """Estimated eigenvalue errors ``min(r_i, r_i^2 / gap_i)`` of the wanted Ritz values.
+
+    ``|lambda - theta_i| <= r_i`` always holds for the eigenvalue nearest ``theta_i``; the
+    Kato-Temple bound ``r_i^2 / gap_i`` holds when ``gap_i`` is the distance from ``theta_i`` to the
+    rest of the spectrum, estimated here by the distance to the nearest other Ritz value (the
+    usual practice of ARPACK-style solvers, an estimate rather than a guarantee).
+
+    Args:
+        theta: ``(m,)`` all Ritz values of the current basis.
+        want: ``(k,)`` indices of the wanted ones in ``theta``.
+        res: ``(k,)`` their residual norms (estimates or true), in the order of ``want``.
+        floor: the attainable residual (:func:`residual_threshold` with ``tol = 0``); a pair
+            whose residual is at or below it cannot improve and gets the estimate 0.
+
+    Returns:
+        ``(k,)`` float64 error estimates, in the order of ``want``.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    res = np.asarray(res, dtype=np.float64)
+    if theta.size < 2:
+        return np.where(res <= floor, 0.0, res)
+    out = np.empty(len(want))
+    for n, i in enumerate(want):
+        gap = float(np.min(np.abs(np.delete(theta, i) - theta[i])))
+        out[n] = min(res[n], res[n] ** 2 / gap) if gap > 0 else res[n]
+    out[res <= floor] = 0.0
+    return out
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:
@@ -229,6 +281,8 @@ def eigsh(
     ncv: int | None = None,
     seed: int | None = None,
     start: torch.Tensor | None = None,
+    accuracy: str = "residual",
+    verify: bool = True,
     verbose: bool = True,
 ) -> EigshResult:
     """The ``k`` extremal eigenpairs of a symmetric operator by thick-restart Lanczos.
@@ -251,11 +305,21 @@ def eigsh(
             ``ncv >= P`` the eigenproblem is solved exactly from the dense matrix (P products).
         seed: seed of the random start vector and of the fresh vectors drawn after an invariant
             subspace (drawn on the CPU); a fresh seed when ``None``, recorded in the result.
-        start: an explicit start vector ``(P,)`` instead of a random one.
+        start: an explicit start vector ``(P,)`` instead of a random one (a warm start, e.g. the
+            eigenvector of a cheaper operator such as the Hessian of a subset of the data).
+        accuracy: ``"residual"`` (default): stop when the residuals meet ``tol``;
+            ``"value"``: stop when the estimated eigenvalue errors
+            ``min(r, r^2 / gap)`` (:func:`value_error_bounds`) meet ``tol``, i.e. ``tol`` is the
+            relative accuracy of the eigenvalues, reached with far fewer products (the
+            eigenvectors are then accurate to about ``sqrt(tol * gap / |theta|)``).
+        verify: confirm convergence with the true residuals (``k`` more operator columns, the
+            default). With ``False`` the Lanczos residual estimates ``|beta * s_{m,i}|`` (free;
+            exact in exact arithmetic, and reliable with full reorthogonalisation) are
+            reported as ``residual_norms`` and no product is spent on the check.
         verbose: show a progress bar over operator applications.
 
     Returns:
-        An :class:`EigshResult`: values ascending, vectors ``(P, k)``, true residuals, counts.
+        An :class:`EigshResult`: values ascending, vectors ``(P, k)``, residuals, counts.
         Not converging within ``max_steps`` warns and returns the current estimates with
         ``converged=False``.
 
@@ -269,6 +333,8 @@ def eigsh(
     tol = float(tol)
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}: use one of {WHICH}")
+    if accuracy not in ACCURACY:
+        raise ValueError(f"unknown accuracy={accuracy!r}: use one of {ACCURACY}")
     P = op.shape[0]
     if ncv is None:
         ncv = min(P, max(2 * k + 1, 20))
@@ -293,7 +359,9 @@ def eigsh(
         return _dense_path(op, k, which, tol, used_seed, verbose)
     generator = torch.Generator().manual_seed(gen_seed)
     v0 = _start_vector(op, start, generator)
-    return _thick_restart(op, k, which, tol, max_steps, ncv, v0, generator, used_seed, verbose)
+    return _thick_restart(
+        op, k, which, tol, max_steps, ncv, v0, generator, used_seed, verbose, accuracy, bool(verify)
+    )
 
 
 def _thick_restart(
@@ -307,9 +375,12 @@ def _thick_restart(
     generator: torch.Generator,
     seed: int | None,
     verbose: bool,
+    accuracy: str = "residual",
+    verify: bool = True,
 ) -> EigshResult:
     P = op.shape[0]
     dtype, device = op.dtype, op.device
+    check_cost = k if verify else 0
     eps = float(torch.finfo(dtype).eps)
     Q = torch.zeros((ncv + 1, P), dtype=dtype, device=device)  # basis vectors as rows
     Q[0] = v0
@@ -346,7 +417,7 @@ def _thick_restart(
                 j = nkeep = nkeep_n
                 broke_in_cycle = False
                 n_restarts += 1
-            if n_matvec + 1 + k > max_steps:
+            if n_matvec + 1 + check_cost > max_steps:
                 break
             # ---- one Lanczos step: w = A q_j, orthogonalised against Q[:j+1] ----------------
             w = op.matmat(Q[j : j + 1].T)[:, 0]
@@ -387,15 +458,26 @@ def _thick_restart(
             anorm = max(anorm, float(np.max(np.abs(theta))))
             want = select_wanted(theta, k, which)
             est = np.abs(beta * S[j - 1, want])
-            thresh = residual_threshold(tol, theta[want], anorm, P, eps)
+            floor = residual_threshold(0.0, theta[want], anorm, P, eps)
+            crit = value_error_bounds(theta, want, est, floor) if accuracy == "value" else est
+            thresh = threshold(tol, theta[want], anorm, P, eps, accuracy)
             if verbose:
-                bar.set_info(f"restart {n_restarts}, max est. residual {est.max():.2e}")
-            if np.all(est <= thresh) and n_matvec + k <= max_steps:
+                bar.set_info(f"restart {n_restarts}, max est. {accuracy} error {crit.max():.2e}")
+            if np.all(crit <= thresh) and not verify:
+                U, vals, res = _ritz_pairs(op, Q, theta, S, j, want, residuals=est)
+                converged = fresh_check = True
+                break
+            if np.all(crit <= thresh) and n_matvec + k <= max_steps:
                 U, vals, res = _ritz_pairs(op, Q, theta, S, j, want)
                 n_matvec += k
                 fresh_check = True
-                thresh = residual_threshold(tol, vals, anorm, P, eps)
-                if np.all(res <= thresh):
+                thresh = threshold(tol, vals, anorm, P, eps, accuracy)
+                if accuracy == "value":
+                    order = want[np.argsort(theta[want], kind="stable")]
+                    crit = value_error_bounds(theta, order, res, floor)
+                else:
+                    crit = res
+                if np.all(crit <= thresh):
                     converged = True
                     break
 
@@ -408,8 +490,12 @@ def _thick_restart(
                 )
             theta, S = np.linalg.eigh(H[:j, :j])
             want = select_wanted(theta, k, which)
-            U, vals, res = _ritz_pairs(op, Q, theta, S, j, want)
-            n_matvec += k
+            if verify:
+                U, vals, res = _ritz_pairs(op, Q, theta, S, j, want)
+                n_matvec += k
+            else:
+                est = np.abs(beta * S[j - 1, want])
+                U, vals, res = _ritz_pairs(op, Q, theta, S, j, want, residuals=est)
         warnings.warn(
             f"eigsh did not converge within max_steps={max_steps} operator applications "
             f"({n_restarts} restarts): max relative residual "
@@ -438,14 +524,20 @@ def _ritz_pairs(
     S: np.ndarray,
     size: int,
     want: np.ndarray,
+    residuals: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Ritz vectors ``Q^T S`` of the wanted pairs (ascending) and their true residuals.
 
     The basis ``Q`` is stored as rows ``(m + 1, P)``; ``S`` holds eigenvectors of ``H`` (columns).
+    With ``residuals`` (``(k,)`` estimates in the order of ``want``) no product is applied and
+    those are returned, reordered, instead of the true residuals.
     """
-    idx = want[np.argsort(theta[want], kind="stable")]
+    order = np.argsort(theta[want], kind="stable")
+    idx = want[order]
     Sw = torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device)
     U = Q[:size].T @ Sw
+    if residuals is not None:
+        return U, theta[idx].copy(), np.asarray(residuals, dtype=np.float64)[order]
     AU = op.matmat(U)
     check_finite(AU, "final residual check")
     vals = theta[idx].copy()

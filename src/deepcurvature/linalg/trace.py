@@ -7,6 +7,9 @@
   orthonormal basis ``Q`` captures the top of the spectrum, ``tr(Q^T A Q)`` is computed exactly
   (a second third) and Hutchinson's estimator with the last third estimates the trace of the
   deflated remainder ``(I - QQ^T) A (I - QQ^T)``.
+  The remainder probes do not depend on ``Q``: ``(Pz)^T A (Pz)`` is computed from ``A z`` and
+  ``A Q`` (``P = I - QQ^T``), so the products ``A z`` share the sketch's ``matmat`` blocks and
+  the estimate takes two phases of passes over the data instead of three.
 * The diagonal estimator of Bekas, Kokiopoulou & Saad (2007):
   ``diag(A) ~ sum_k z_k * (A z_k) / sum_k z_k * z_k`` (elementwise).
 
@@ -16,6 +19,7 @@ All products go through ``matmat`` in blocks of probes, so one pass over the dat
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,7 @@ import torch
 from ..progress import ProgressBar
 from .operator import LinearOperator, as_operator
 from .probes import PROBE_KINDS, draw_probes, resolve_seed
+from .trace_checkpoint import load_trace_checkpoint, save_trace_checkpoint
 
 __all__ = ["DiagonalEstimate", "TraceEstimate", "diagonal", "trace"]
 
@@ -46,6 +51,7 @@ class TraceEstimate:
         probe: ``"rademacher"`` or ``"gaussian"``.
         seed: the seed of the probes.
         exact_part: Hutch++'s exactly computed ``tr(Q^T A Q)`` (0 for Hutchinson).
+        n_passes: number of ``matmat`` calls (passes over the data for a curvature operator).
     """
 
     value: float
@@ -56,6 +62,7 @@ class TraceEstimate:
     probe: str
     seed: int
     exact_part: float = 0.0
+    n_passes: int = 0
 
     def __float__(self) -> float:
         return float(self.value)
@@ -122,18 +129,27 @@ def _hutchinson_samples(
     generator: torch.Generator,
     block_size: int,
     bar: ProgressBar,
-    basis: torch.Tensor | None = None,
-    phase: str = "Hutchinson",
+    done: np.ndarray | None = None,
+    on_block: Any = None,
 ) -> np.ndarray:
-    """``(n,)`` quadratic forms ``z^T B z`` with ``B = A`` or ``B = (I - QQ^T) A (I - QQ^T)``."""
+    """``(n,)`` quadratic forms ``z^T A z``, continuing after the samples ``done`` (resumed).
+
+    ``on_block(samples_so_far)`` is called after every block (to write a checkpoint).
+    """
     out = np.empty(n)
+    start = 0 if done is None else len(done)
+    if start:
+        out[:start] = done
     for a, b in _blocks(n, block_size):
+        if b <= start:  # blocks of a resumed run keep their boundaries: same probes
+            bar.advance()
+            continue
         Z = _draw(op, b - a, probe, generator)
-        if basis is not None:
-            Z = Z - basis @ (basis.T @ Z)
-        AZ = _apply(op, Z, f"{phase} probes {a + 1}-{b}")
+        AZ = _apply(op, Z, f"Hutchinson probes {a + 1}-{b}")
         out[a:b] = (Z.double() * AZ.double()).sum(dim=0).cpu().numpy()
         bar.advance()
+        if on_block is not None:
+            on_block(out[:b])
     return out
 
 
@@ -151,6 +167,7 @@ def trace(
     seed: int | None = None,
     probe: str = "rademacher",
     block_size: int = 16,
+    checkpoint: str | os.PathLike | None = None,
     verbose: bool = True,
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` from ``probes`` operator products.
@@ -161,10 +178,14 @@ def trace(
         method: ``"hutchinson"`` (Lemma 1: unbiased, variance ``<= (2 + m_4) tr(A^T A)``) or
             ``"hutch++"`` (a third of the budget for the sketch ``A S``, a third for the exact
             ``tr(Q^T A Q)``, the rest for Hutchinson on the deflated remainder; far more accurate
-            when the spectrum decays).
+            when the spectrum decays; two phases of ``matmat`` calls).
         seed: seed of the probes (drawn on the CPU); fresh when ``None``, recorded in the result.
         probe: ``"rademacher"`` or ``"gaussian"`` probe entries.
         block_size: probes per ``matmat`` call.
+        checkpoint: Hutchinson only: a file where the samples so far and the state of the probe
+            stream are written atomically after every block; if it exists, the run resumes from
+            it (read with ``torch.load(weights_only=True)``) and gives the bit-identical
+            estimate of an uninterrupted run. ``seed=None`` then takes the checkpoint's seed.
         verbose: show a progress bar over blocks of probes.
 
     Returns:
@@ -180,12 +201,40 @@ def trace(
         raise ValueError(f"unknown trace method {method!r}: use one of {TRACE_METHODS}")
     n = _check_count("probes", probes, 3 if method == "hutch++" else 1)
     block_size = _check_count("block_size", block_size, 1)
-    used_seed = resolve_seed(seed)
-    generator = torch.Generator().manual_seed(used_seed)
+    if checkpoint is not None and method != "hutchinson":
+        raise ValueError(f"checkpoint= is supported for method='hutchinson' only, not {method!r}")
+    state = None
+    if checkpoint is not None:
+        state = load_trace_checkpoint(checkpoint, P=op.shape[0], probes=n, probe=probe, seed=seed)
+    if state is not None:
+        used_seed, block_size = int(state["seed"]), int(state["block_size"])
+        generator = torch.Generator()
+        generator.set_state(state["rng_state"])
+    else:
+        used_seed = resolve_seed(seed)
+        generator = torch.Generator().manual_seed(used_seed)
 
     if method == "hutchinson":
+        on_block = None
+        if checkpoint is not None:
+
+            def on_block(done: np.ndarray) -> None:
+                save_trace_checkpoint(
+                    checkpoint,
+                    P=op.shape[0],
+                    probes=n,
+                    probe=probe,
+                    seed=used_seed,
+                    block_size=block_size,
+                    samples=done,
+                    generator=generator,
+                )
+
+        done = state["samples"].numpy() if state is not None else None
         with ProgressBar(len(_blocks(n, block_size)), "trace (Hutchinson)", verbose) as bar:
-            samples = _hutchinson_samples(op, n, probe, generator, block_size, bar)
+            samples = _hutchinson_samples(
+                op, n, probe, generator, block_size, bar, done=done, on_block=on_block
+            )
         return TraceEstimate(
             value=float(samples.mean()),
             std_error=_std_error(samples),
@@ -194,40 +243,67 @@ def trace(
             method=method,
             probe=probe,
             seed=used_seed,
+            n_passes=len(_blocks(n, block_size)),
         )
+    return _hutchpp(op, n, probe, generator, block_size, used_seed, verbose)
 
+
+def _hutchpp(
+    op: LinearOperator,
+    n: int,
+    probe: str,
+    generator: torch.Generator,
+    block_size: int,
+    seed: int,
+    verbose: bool,
+) -> TraceEstimate:
+    """Hutch++ in two phases over the data: ``[A S, A Z]`` shared, then ``A Q``.
+
+    ``S`` ``(P, n // 3)`` and ``Z`` ``(P, n - 2 (n // 3))`` are drawn in that order; ``Q =
+    orth(A S)`` ``(P, q)``, ``M = Q^T A Q``. The samples ``(P z)^T A (P z)`` with ``P = I - QQ^T``
+    are computed from ``A z`` and ``A Q`` as ``z^T A z - 2 w^T (AQ)^T z + w^T M w``,
+    ``w = Q^T z``, so the probes do not wait for ``Q`` and share the sketch's ``matmat`` blocks.
+    """
     n_sketch = n // 3
     n_rest = n - 2 * n_sketch
-    total = 2 * len(_blocks(n_sketch, block_size)) + len(_blocks(n_rest, block_size))
-    with ProgressBar(total, "trace (Hutch++)", verbose) as bar:
-        S = _draw(op, n_sketch, probe, generator)
-        Y = torch.cat(
-            [
-                _apply(op, S[:, a:b], f"Hutch++ sketch {a + 1}-{b}")
-                for a, b in _blocks(n_sketch, block_size)
-            ],
-            dim=1,
-        )
-        bar.advance(len(_blocks(n_sketch, block_size)))
-        Q = torch.linalg.qr(Y.double())[0].to(op.dtype)  # (P, n_sketch) orthonormal
-        exact = 0.0
-        n_exact = Q.shape[1]  # n_sketch, or P if the sketch is wider than the operator
-        for a, b in _blocks(n_exact, block_size):
-            AQ = _apply(op, Q[:, a:b], f"Hutch++ exact part {a + 1}-{b}")
-            exact += float((Q[:, a:b].double() * AQ.double()).sum())
+    S = _draw(op, n_sketch, probe, generator)
+    Z = _draw(op, n_rest, probe, generator)
+    X = torch.cat([S, Z], dim=1)  # (P, n_sketch + n_rest)
+    first = _blocks(X.shape[1], block_size)
+    with ProgressBar(
+        len(first) + len(_blocks(n_sketch, block_size)), "trace (Hutch++)", verbose
+    ) as bar:
+        AX = []
+        for a, b in first:
+            AX.append(_apply(op, X[:, a:b], f"Hutch++ sketch and probes {a + 1}-{b}"))
             bar.advance()
-        samples = _hutchinson_samples(
-            op, n_rest, probe, generator, block_size, bar, basis=Q, phase="Hutch++ remainder"
-        )
+        AX = torch.cat(AX, dim=1)
+        Y, AZ = AX[:, :n_sketch], AX[:, n_sketch:]
+        Q = torch.linalg.qr(Y.double())[0].to(op.dtype)  # (P, q), q = min(n_sketch, P)
+        second = _blocks(Q.shape[1], block_size)
+        AQ = []
+        for a, b in second:
+            AQ.append(_apply(op, Q[:, a:b], f"Hutch++ exact part {a + 1}-{b}"))
+            bar.advance()
+        AQ = torch.cat(AQ, dim=1).double()
+    Qd, Zd = Q.double(), Z.double()
+    M = Qd.T @ AQ
+    M = (M + M.T) / 2  # (q, q)
+    W = Qd.T @ Zd  # (q, n_rest)
+    zAz = (Zd * AZ.double()).sum(dim=0)
+    cross = (W * (AQ.T @ Zd)).sum(dim=0)  # w^T (AQ)^T z = z^T A Q Q^T z
+    samples = (zAz - 2 * cross + (W * (M @ W)).sum(dim=0)).cpu().numpy()
+    exact = float(torch.trace(M))
     return TraceEstimate(
         value=exact + float(samples.mean()),
         std_error=_std_error(samples),
-        n_matvec=2 * n_sketch + n_rest - (n_sketch - n_exact),
+        n_matvec=X.shape[1] + Q.shape[1],
         samples=samples,
-        method=method,
+        method="hutch++",
         probe=probe,
-        seed=used_seed,
+        seed=seed,
         exact_part=exact,
+        n_passes=len(first) + len(second),
     )
 
 
