@@ -10,17 +10,22 @@ product):
 * ``cnn-bn``: a CNN with batch norm (about 95k parameters) on 1024 random 3x32x32 samples
   (batch norm in eval mode).
 
-Every variant is one pass over the data (repeated and averaged when shorter than 0.25 s); its time
+The full run takes about 5 minutes on 2 quiet cores (5 repeats on the MLP, ``--cnn-repeats`` 3 on
+the CNN). Every variant is one pass over the data (repeated and averaged when shorter than
+0.25 s); its time
 is divided by the time of a plain gradient pass (``loss.backward()`` over the batches) measured
 right before it in the same repeat, so slow-downs caused by other jobs largely cancel. Variants
 are interleaved (gradient, A, gradient, B, ...) and repeated; the table gives the median ratio and
 its spread (min-max):
 
-* HVP: ours (``dc.hessian(...).matvec``, reverse-over-reverse), ours with the forward-over-reverse
-  engine, a plain double-backward HVP and a plain ``torch.func`` jvp-of-grad HVP written here;
-* GGN-vector product (``dc.ggn(...).matvec``);
-* ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian and the GGN;
-* SLQ with m = 30 steps: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs;
+* HVP: ours (``dc.hessian(...).matvec``, reverse-over-reverse), ours with ``compile=True``, and a
+  plain double-backward HVP written here; on the MLP also ours with the forward-over-reverse
+  engine and a plain ``torch.func`` jvp-of-grad HVP;
+* GGN- and (empirical) Fisher-vector products (``dc.ggn(...).matvec``, ``dc.fisher``);
+* ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian, the GGN and (16) the Fisher;
+  on the MLP also the compiled Hessian ``matmat`` (16) and GGN product;
+* the rows of issue #15 with their targets (``targets`` in the JSON, printed per setup);
+* SLQ on the MLP: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs;
 * the flop count (``torch.utils.flop_counter``) of one Hessian column through the shared graph,
   in gradients: the per-column floor of any exact ``matmat`` that runs its operations at the
   gradient pass's speed.
@@ -192,12 +197,34 @@ def summarise(ratios: list[float], seconds: list[float]) -> dict:
     }
 
 
+#: the rows of issue #15 (variant, what it is compared with, target in gradients per column)
+TARGETS = {
+    "mlp-digits": [
+        ("HVP ours (reverse-over-reverse)", "HVP plain double backward", None),
+        ("HVP ours, compile=True", "HVP ours (reverse-over-reverse)", None),
+    ],
+    "cnn-bn": [
+        ("HVP ours (reverse-over-reverse)", None, 2.0),
+        ("Hessian matmat k=16, per column", None, 1.0),
+        ("Hessian matmat k=4, per column", "Hessian matmat k=16, per column", None),
+        ("GGN-vector product ours", None, 1.5),
+        ("GGN matmat k=16, per column", None, 1.0),
+        ("Fisher-vector product ours", None, 1.5),
+        ("Fisher matmat k=16, per column", None, 1.0),
+        ("HVP ours, compile=True", "HVP ours (reverse-over-reverse)", None),
+    ],
+}
+
+
 def run_setup(name: str, args: argparse.Namespace) -> dict:
     model, data, n = make_setup(name, args.quick)
+    small = name == "mlp-digits"
     loss_fn = nn.CrossEntropyLoss()
     H = dc.hessian(model, loss_fn, data)
     Hf = dc.hessian(model, loss_fn, data, engine="forward")
+    Hc = dc.hessian(model, loss_fn, data, compile=True)
     G = dc.ggn(model, loss_fn, data)
+    F = dc.fisher(model, loss_fn, data)
     P = H.num_params
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(P, generator=gen)
@@ -207,39 +234,55 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
 
     variants: dict[str, tuple[Callable[[], object], int]] = {
         "HVP ours (reverse-over-reverse)": (lambda: H.matvec(v), 1),
-        "HVP ours, forward-over-reverse engine": (lambda: Hf.matvec(v), 1),
         "HVP plain double backward": (
             lambda: plain_double_backward_hvp(model, loss_fn, data, v_list),
             1,
         ),
-        "HVP plain torch.func jvp(grad)": (
-            lambda: plain_torch_func_hvp(model, loss_fn, data, v_dict),
-            1,
-        ),
-        "GGN-vector product ours": (lambda: G.matvec(v), 1),
+        "HVP ours, compile=True": (lambda: Hc.matvec(v), 1),
         "Hessian matmat k=4, per column": (lambda: H.matmat(blocks[4]), 4),
         "Hessian matmat k=16, per column": (lambda: H.matmat(blocks[16]), 16),
-        "GGN matmat k=4, per column": (lambda: G.matmat(blocks[4]), 4),
+        "GGN-vector product ours": (lambda: G.matvec(v), 1),
         "GGN matmat k=16, per column": (lambda: G.matmat(blocks[16]), 16),
+        "Fisher-vector product ours": (lambda: F.matvec(v), 1),
+        "Fisher matmat k=16, per column": (lambda: F.matmat(blocks[16]), 16),
     }
-    # every HVP computes the same vector (float32 round-off)
+    if small:  # cheap on the MLP only
+        variants["GGN matmat k=4, per column"] = (lambda: G.matmat(blocks[4]), 4)
+        variants["HVP ours, forward-over-reverse engine"] = (lambda: Hf.matvec(v), 1)
+        variants["HVP plain torch.func jvp(grad)"] = (
+            lambda: plain_torch_func_hvp(model, loss_fn, data, v_dict),
+            1,
+        )
+        Gc = dc.ggn(model, loss_fn, data, compile=True)
+        variants["Hessian matmat k=16 compile=True, per column"] = (
+            lambda: Hc.matmat(blocks[16]),
+            16,
+        )
+        variants["GGN-vector product compile=True"] = (lambda: Gc.matvec(v), 1)
+    # every HVP computes the same vector (float32 round-off); the first compiled call compiles
+    t0 = time.perf_counter()
+    compiled = Hc.matvec(v)
+    compile_seconds = time.perf_counter() - t0
     ref = H.matvec(v)
     others = {
         "double backward": H.flatten(plain_double_backward_hvp(model, loss_fn, data, v_list)),
-        "torch.func": H.flatten(plain_torch_func_hvp(model, loss_fn, data, v_dict)),
-        "forward engine": Hf.matvec(v),
+        "compiled": compiled,
     }
+    if small:
+        others["torch.func"] = H.flatten(plain_torch_func_hvp(model, loss_fn, data, v_dict))
+        others["forward engine"] = Hf.matvec(v)
     for label, other in others.items():
         err = float((other - ref).norm() / ref.norm())
         if not err < 1e-3:
             raise RuntimeError(f"the {label} HVP differs from ours: relative error {err:.2e}")
     gradient = lambda: plain_gradient(model, loss_fn, data)  # noqa: E731
-    gradient()  # warm-up
+    gradient()  # warm-up (and compilation of the other compiled variants)
     for fn, _ in variants.values():
         fn()
+    repeats = args.repeats if small or args.quick else args.cnn_repeats
     samples = {k: ([], []) for k in variants}
     grad_times: list[float] = []
-    for _ in range(args.repeats):  # interleaved: gradient, A, gradient, B, ...
+    for _ in range(repeats):  # interleaved: gradient, A, gradient, B, ...
         for key, (fn, cols) in variants.items():
             tg = timed(gradient)
             tv = timed(fn) / cols
@@ -250,10 +293,10 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
         key: {**summarise(*samples[key]), "columns": cols} for key, (_, cols) in variants.items()
     }
 
-    # SLQ end to end: one 4-probe run against 4 one-probe runs (interleaved)
+    # SLQ end to end (on the MLP): one 4-probe run against 4 one-probe runs (interleaved)
     steps = 5 if args.quick else 30
     slq4, slq1, slq_grad = [], [], []
-    for r in range(args.slq_repeats):
+    for r in range(args.slq_repeats if small else 0):
         slq_grad.append(timed(gradient))
         slq4.append(timed(lambda r=r: dc.lanczos(H, steps, probes=4, seed=r, verbose=False)))
         slq1.append(
@@ -264,29 +307,48 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
                 ]
             )
         )
-    slq = {
-        "steps": steps,
-        "probes": 4,
-        "seconds_4_probes": slq4,
-        "seconds_4_separate": slq1,
-        "speedup_median": statistics.median(b / a for a, b in zip(slq4, slq1, strict=True)),
-        "speedup_min": min(b / a for a, b in zip(slq4, slq1, strict=True)),
-        "speedup_max": max(b / a for a, b in zip(slq4, slq1, strict=True)),
-        "gradients_4_probes_median": statistics.median(
-            a / g for a, g in zip(slq4, slq_grad, strict=True)
-        ),
-        "gradients_4_separate_median": statistics.median(
-            b / g for b, g in zip(slq1, slq_grad, strict=True)
-        ),
-    }
+    slq = (
+        {}
+        if not slq4
+        else {
+            "steps": steps,
+            "probes": 4,
+            "seconds_4_probes": slq4,
+            "seconds_4_separate": slq1,
+            "speedup_median": statistics.median(b / a for a, b in zip(slq4, slq1, strict=True)),
+            "speedup_min": min(b / a for a, b in zip(slq4, slq1, strict=True)),
+            "speedup_max": max(b / a for a, b in zip(slq4, slq1, strict=True)),
+            "gradients_4_probes_median": statistics.median(
+                a / g for a, g in zip(slq4, slq_grad, strict=True)
+            ),
+            "gradients_4_separate_median": statistics.median(
+                b / g for b, g in zip(slq1, slq_grad, strict=True)
+            ),
+        }
+    )
+    targets = []
+    for key, versus, target in TARGETS.get(name, []):
+        value = rows[key]["ratio_median"]
+        entry: dict = {"row": key, "gradients": value}
+        if versus is not None:
+            entry["versus"] = versus
+            entry["versus_gradients"] = rows[versus]["ratio_median"]
+            entry["ratio_to_versus"] = value / rows[versus]["ratio_median"]
+        if target is not None:
+            entry["target"] = target
+            entry["met"] = value <= target
+        targets.append(entry)
     return {
         "num_params": P,
         "num_samples": n,
         "flops": flop_ratios(model, loss_fn, data),
         "batch_size": 128,
         "num_batches": len(data),
+        "repeats": repeats,
         "gradient_seconds_median": statistics.median(grad_times),
+        "compile_seconds_first_product": compile_seconds,
         "variants": rows,
+        "targets": targets,
         "slq": slq,
     }
 
@@ -303,12 +365,22 @@ def print_setup(name: str, res: dict) -> None:
             f"{key:<40} {row['ratio_median']:>10.2f} "
             f"{row['ratio_min']:>6.2f}-{row['ratio_max']:<6.2f} {row['seconds_median']:>9.3f}"
         )
+    for t in res["targets"]:
+        text = f"  {t['row']}: {t['gradients']:.2f} gradients"
+        if "target" in t:
+            text += f" (target <= {t['target']}: {'met' if t['met'] else 'NOT met'})"
+        if "versus" in t:
+            text += f"; {t['ratio_to_versus']:.2f}x '{t['versus']}'"
+        print(text)
+    print(f"compile=True: first product (compilation) {res['compile_seconds_first_product']:.1f} s")
     f = res["flops"]
     print(
         f"flop count: one Hessian column through the shared graph = {f['hessian_column']:.2f} "
         f"gradients (the floor of 'matmat per column' at equal speed per operation)"
     )
     s = res["slq"]
+    if not s:
+        return
     print(
         f"SLQ m={s['steps']}, 4 probes: one run {statistics.median(s['seconds_4_probes']):.2f} s "
         f"({s['gradients_4_probes_median']:.1f} gradients), 4 one-probe runs "
@@ -326,11 +398,17 @@ def profile(name: str, quick: bool) -> None:
     loss_fn = nn.CrossEntropyLoss()
     H, G = dc.hessian(model, loss_fn, data), dc.ggn(model, loss_fn, data)
     v = torch.randn(H.num_params)
+    V = torch.randn(H.num_params, 16)
     for label, fn in (
         ("gradient", lambda: plain_gradient(model, loss_fn, data)),
+        (
+            "HVP plain double backward",
+            lambda: plain_double_backward_hvp(model, loss_fn, data, H.unflatten(v)),
+        ),
         ("HVP ours", lambda: H.matvec(v)),
         ("GGN ours", lambda: G.matvec(v)),
-        ("Hessian matmat k=16", lambda: H.matmat(torch.randn(H.num_params, 16))),
+        ("Hessian matmat k=16", lambda: H.matmat(V)),
+        ("GGN matmat k=16", lambda: G.matmat(V)),
     ):
         fn()
         with torch_profile() as prof:
@@ -342,6 +420,7 @@ def profile(name: str, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cnn-repeats", type=int, default=3, help="repeats on cnn-bn")
     parser.add_argument("--slq-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--setups", default="mlp-digits,cnn-bn")
@@ -366,9 +445,12 @@ def main() -> None:
         "setups": {},
     }
     for name in names:
+        t0 = time.perf_counter()
         res = run_setup(name, args)
+        res["wall_seconds"] = time.perf_counter() - t0
         result["setups"][name] = res
         print_setup(name, res)
+        print(f"({name}: {res['wall_seconds']:.0f} s)", flush=True)
     # glibc's allocator as the products left it (and the gradient passes measured after them)
     result["cpu_allocator"] = dc.cpu_allocator_status()
     print(f"\nCPU allocator: {result['cpu_allocator']}")

@@ -50,13 +50,18 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _torchrun(*args: str, cwd: Path, logs: Path | None = None) -> subprocess.CompletedProcess:
     """``torchrun --nnodes 1 --nproc-per-node 2 ARGS`` (``-m deepcurvature`` unless a script)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    if logs is not None:  # every rank's stdout and stderr in its own file
-        cmd += ["--log-dir", str(logs), "--redirects", "3"]
-    if not args[0].endswith(".py"):
-        cmd += ["-m", "deepcurvature"]
-    return _run([*cmd, *args], cwd)
+    for _ in range(3):  # another test may take the free port before torchrun binds it
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+        cmd += ["--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+        cmd += ["--master-port", str(_free_port())]
+        if logs is not None:  # every rank's stdout and stderr in its own file
+            cmd += ["--log-dir", str(logs), "--redirects", "3"]
+        if not args[0].endswith(".py"):
+            cmd += ["-m", "deepcurvature"]
+        out = _run([*cmd, *args], cwd)
+        if "address already in use" not in (out.stderr + out.stdout).lower():
+            break
+    return out
 
 
 def _rank_logs(logs: Path, rank: int) -> tuple[str, str]:

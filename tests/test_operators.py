@@ -22,6 +22,7 @@ from torch.func import hessian as func_hessian
 
 import deepcurvature as dc
 from deepcurvature.operators.losses import OutputLoss
+from deepcurvature.operators.products import Block
 
 DT = torch.float64
 N, BS = 10, 4  # batches of 4, 4, 2: an unequal last batch
@@ -879,10 +880,27 @@ def test_automatic_block_width_follows_the_activation_size():
     op = dc.ggn(big, loss_fn, data)
     op.matmat(torch.randn(op.num_params, 2, dtype=DT))
     assert op._activation_bytes >= 128 * 64 * 64 * 8  # (128, 64, 8, 8) float64 = 4 MiB
-    assert op._block_width(8, None, None, None) == 4
+    # independent rows: 16 columns, linearised in micro-batches of 16 MiB / (16 x 32 KiB) rows
+    assert op._block_width(8, None, None, None) == 16
+    block = Block(16, {}, None, {}, {})
+    assert op._micro_size(block, None, None) == 32
+    custom = dc.ggn(_Wrapped(big), loss_fn, data)  # a custom forward: whole batches
+    custom.matmat(torch.randn(op.num_params, 2, dtype=DT))
+    assert custom._block_width(8, None, None, None) == 4
     H = dc.hessian(big, loss_fn, data)
     H.matmat(torch.randn(H.num_params, 2, dtype=DT))
     assert H._block_width(8, None, None, None) == 1  # 4 MiB activations: one column at a time
+
+
+class _Wrapped(nn.Module):
+    """A model with its own forward (rows not known to be independent)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
 
 
 class _LegacySquare(torch.autograd.Function):
@@ -1039,3 +1057,107 @@ def test_folded_conv_batch_norm_pairs_give_the_exact_hessian_and_ggn(kind):
     check_operator(H, ref.hessian())
     check_operator(dc.ggn(model, loss_fn, split(x, y)), ref.ggn(), psd=True)
     assert_unchanged(model, before)
+
+
+def _sequential_cnn():
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    ).double()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 2, 4, 4, dtype=DT) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=DT), ignore_index=1),
+        nn.MSELoss(),
+    ],
+    ids=["weighted-ce", "mse"],
+)
+def test_micro_batched_ggn_and_fisher_blocks_match_dense_references(loss_fn, monkeypatch):
+    """Wide blocks linearised row by row (micro-batches of one row) are exact, any loss.
+
+    The output-space weights are formed on the whole batch, so a weighted cross-entropy with
+    ignored targets (not separable into micro-batch means) is exact too.
+    """
+    import deepcurvature.operators.output_space as output_space
+
+    model = _sequential_cnn()
+    g = torch.Generator().manual_seed(5)
+    inputs = torch.randn(N, 2, 4, 4, generator=g, dtype=DT)
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        targets = torch.randint(0, 3, (N,), generator=g)
+    else:
+        targets = torch.randn(N, 3, generator=g, dtype=DT)
+    names = [n for n, _ in model.named_parameters()]
+    data = [(inputs, targets)]  # one batch: a weighted mean over the data set is the batch's
+    ref = Reference(model, loss_fn, inputs, targets, names)
+    whole = {
+        "ggn": dc.ggn(model, loss_fn, data),
+        "fisher": dc.fisher(model, loss_fn, data),
+        "mc": dc.fisher(model, loss_fn, data, kind="mc", mc_samples=2, seed=3),
+    }
+    P = sum(p.numel() for p in model.parameters())
+    V = torch.randn(P, 5, generator=g, dtype=DT)
+    V1 = torch.randn(P, generator=g, dtype=DT)
+    expected = {k: op.matmat(V) for k, op in whole.items()}
+    monkeypatch.setattr(output_space, "CPU_BLOCK_BYTES", 1)  # micro-batches of one row
+    ops = {
+        "ggn": dc.ggn(model, loss_fn, data),
+        "fisher": dc.fisher(model, loss_fn, data),
+        "mc": dc.fisher(model, loss_fn, data, kind="mc", mc_samples=2, seed=3),
+    }
+    assert ops["ggn"]._micro_rows()
+    assert ops["ggn"]._block_width(5, None, None, None) == 16
+    assert rel_err(ops["ggn"].matmat(V), ref.ggn() @ V) <= 1e-10
+    assert rel_err(ops["ggn"].matvec(V1), ref.ggn() @ V1) <= 1e-10
+    if isinstance(loss_fn, nn.MSELoss):  # per-sample losses as the reference defines them
+        assert rel_err(ops["fisher"].matmat(V), ref.empirical_fisher() @ V) <= 1e-10
+    for kind, op in ops.items():  # MC: the same sampled targets
+        assert rel_err(op.matmat(V), expected[kind]) <= 1e-12, kind
+    assert ops["ggn"]._micro_size(Block(5, {}, None, {}, {}), None, None) == 1
+
+
+class _CountingModel(nn.Module):
+    """Writes into a buffer in its forward (the operators evaluate copies of the buffers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=DT))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x) * (1 + self.calls / 10)
+
+
+def test_cached_state_follows_in_place_changes_of_the_model():
+    """Products see parameters changed in place between them, never the copies' own writes."""
+    model, loss_fn, inputs, targets = make_case("mlp", "ce")
+    data = split(inputs, targets)
+    H = dc.hessian(model, loss_fn, data)
+    v = torch.randn(H.num_params, dtype=DT)
+    first = H.matvec(v)
+    assert torch.equal(H.matvec(v), first)  # cached state: the same product
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)
+    fresh = dc.hessian(model, loss_fn, data).matvec(v)
+    assert torch.equal(H.matvec(v), fresh) and not torch.allclose(fresh, first)
+    model.load_state_dict({k: t * 0.5 for k, t in model.state_dict().items()})
+    assert torch.equal(H.matvec(v), dc.hessian(model, loss_fn, data).matvec(v))
+
+    counting = _CountingModel().double()
+    C = dc.hessian(counting, loss_fn, data)  # plain autograd: buffers may be written
+    w = torch.randn(C.num_params, dtype=DT)
+    a, b = C.matvec(w), C.matvec(w)  # every product starts from the model's buffer (0)
+    assert torch.equal(a, b) and float(counting.calls) == 0.0

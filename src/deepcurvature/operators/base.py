@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,18 +48,24 @@ from .distributed import (
 )
 from .evaluation import evaluation_context
 from .losses import OutputLoss
+from .model_state import ModelState, shuffles, tied_aliases
 from .params import ParameterLayout, select_parameters
+from .products import (
+    CPU_BLOCK_BYTES,
+    MAX_BLOCK,
+    BatchProducts,
+    Block,
+    raise_if_not_finite,
+)
 
-__all__ = ["BN_MODES", "CurvatureOperator"]
+__all__ = ["BN_MODES", "CPU_BLOCK_BYTES", "MAX_BLOCK", "Block", "CurvatureOperator"]
 
 BN_MODES = ("eval", "train")
-MAX_BLOCK = 16
-CPU_BLOCK_BYTES = 16 * 2**20
 
 Tensors = dict[str, torch.Tensor]
 
 
-class CurvatureOperator(LinearOperator):
+class CurvatureOperator(BatchProducts, LinearOperator):
     """Base class of :class:`HessianOperator`, :class:`GGNOperator` and :class:`FisherOperator`.
 
     Args:
@@ -82,13 +87,12 @@ class CurvatureOperator(LinearOperator):
         targets: ``None`` (batches are pairs ``(inputs, targets)``) or the key of the targets in
             dict batches (e.g. ``"labels"``): the model is called with the other keys as keyword
             arguments (see :mod:`.batches`).
+        compile: evaluate the per-batch product with a ``torch.func`` function compiled by
+            ``torch.compile`` (see :mod:`.compiled`); opt-in: the first products compile (tens
+            of seconds), and on the CPU it pays off for small dense networks only.
     """
 
     curvature = "curvature"
-    #: columns evaluated together (one ``vmap``) per batch; ``None`` chooses automatically (see
-    #: :meth:`_auto_block_width`). Wider products are split into blocks, so the memory of a product
-    #: is bounded by ``block_size`` copies of the activations (``to_dense`` included).
-    block_size: int | None = None
 
     def __init__(
         self,
@@ -104,6 +108,7 @@ class CurvatureOperator(LinearOperator):
         cache: bool = False,
         verbose: bool = False,
         targets: str | None = None,
+        compile: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -120,6 +125,8 @@ class CurvatureOperator(LinearOperator):
             ) from None
         if not (weight_decay >= 0.0 and weight_decay < float("inf")):
             raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {type(compile).__name__}")
         names = select_parameters(model, params)
         lookup = dict(model.named_parameters())
         first = lookup[names[0]]
@@ -145,10 +152,13 @@ class CurvatureOperator(LinearOperator):
         self.weight_decay = weight_decay
         self.cache = cache
         self.verbose = verbose
+        self.compile = compile
+        self._compiled: Any = None  # the compiled per-batch product (see .compiled)
         self._selected = frozenset(names)
-        self._aliases = _tied_aliases(model)
+        self._aliases = tied_aliases(model)
+        self._model_state = ModelState(model, self._selected, self.device, dtype)
         self._activation_bytes: int | None = None
-        if bn_mode == "train" and _shuffles(data):
+        if bn_mode == "train" and shuffles(data):
             warnings.warn(
                 "bn_mode='train' with a shuffling DataLoader: the batch statistics change between "
                 "products, so the operator is not a fixed matrix; use shuffle=False",
@@ -260,9 +270,10 @@ class CurvatureOperator(LinearOperator):
 
         ``selected`` maps the selected parameter names to their current values and ``fixed`` the
         other parameters and copies of the buffers, all on the operator's device and dtype. Pass
-        them (or differentiable replacements of ``selected``) to :meth:`batch_output`.
+        them (or differentiable replacements of ``selected``) to :meth:`batch_output`. The dicts
+        (and buffer copies) are the caller's own.
         """
-        return self._state()
+        return self._model_state.fresh()
 
     def batch_output(self, params: Tensors, fixed: Tensors, batch: Batch) -> Any:
         """The model output ``(n_b, ...)`` on ``batch`` with parameters ``params`` (functional).
@@ -298,6 +309,7 @@ class CurvatureOperator(LinearOperator):
             **self.objective.describe(),
             **({"targets_key": self.targets_key} if self.targets_key is not None else {}),
             **({"world_size": self.ranks.world_size} if self.ranks is not None else {}),
+            **({"compile": True} if self.compile else {}),
         }
 
     def loss(self, *, include_weight_decay: bool = True) -> float:
@@ -318,7 +330,7 @@ class CurvatureOperator(LinearOperator):
                     total += batch.n * value.double()
                     n_total += batch.n
                     bar.advance()
-            _raise_if_not_finite(values, None, "loss", lambda: None)
+            raise_if_not_finite(values, None, "loss", lambda: None)
         except Exception as exc:
             if self.ranks is None:
                 raise
@@ -370,7 +382,7 @@ class CurvatureOperator(LinearOperator):
                     n_total += batch.n
                     bar.advance()
             g = torch.cat([a.reshape(-1) for a in acc])
-            _raise_if_not_finite(values, g, "gradient", locate)
+            raise_if_not_finite(values, g, "gradient", locate)
         except Exception as exc:
             if self.ranks is None:
                 raise
@@ -389,9 +401,8 @@ class CurvatureOperator(LinearOperator):
         state, fixed = self._state()
         names = self.layout.names
         leaves = {n: state[n].detach().requires_grad_() for n in names}
-        acc = {
-            n: torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device) for n, t in state.items()
-        }
+        flat = torch.zeros((k, self.num_params), dtype=self.dtype, device=self.device)
+        acc = self.layout.row_views(flat)  # {name: (k, *shape)} views of the flat rows
         plan: list[tuple[Block, list[torch.Tensor]]] = []
         values: list[tuple[int, torch.Tensor]] = []
         what = f"{self.curvature} product"
@@ -399,9 +410,9 @@ class CurvatureOperator(LinearOperator):
         n_total = 0
         try:
             n_total = self._accumulate(V, tangents, state, fixed, leaves, acc, plan, values)
-            out = self.layout.dict_to_columns(acc)
+            out = flat.T if k == 1 else flat.T.contiguous()  # (P, k)
             blocks = [b for b, _ in plan]
-            _raise_if_not_finite(values, out, what, lambda: self._locate(blocks, fixed))
+            raise_if_not_finite(values, out, what, lambda: self._locate(blocks, fixed))
         except Exception as exc:
             if self.ranks is None:
                 raise
@@ -412,42 +423,6 @@ class CurvatureOperator(LinearOperator):
         if self.weight_decay:
             out.add_(V, alpha=self.weight_decay)
         return out
-
-    def _accumulate(
-        self,
-        V: torch.Tensor,
-        tangents: Tensors,
-        state: Tensors,
-        fixed: Tensors,
-        leaves: Tensors,
-        acc: Tensors,
-        plan: list[tuple[Block, list[torch.Tensor]]],
-        values: list[tuple[int, torch.Tensor]],
-    ) -> int:
-        """One pass over the (local) data: ``acc += n_b C_b V`` per batch; returns the samples.
-
-        The batch losses are appended to ``values``; the column blocks are planned into ``plan``.
-        """
-        k, names, n_total = V.shape[1], self.layout.names, 0
-        with self._evaluation_mode(), self._bar(f"{self.curvature} product") as bar:
-            for batch in self.source:
-                if not plan:  # blocks of columns, planned once per product on the first batch
-                    width = self._block_width(k, leaves, fixed, batch)
-                    for j0 in range(0, k, width):
-                        j1 = min(j0 + width, k)
-                        part = {n: t[j0:j1] for n, t in tangents.items()}
-                        single = {n: t[0] for n, t in part.items()} if j1 - j0 == 1 else None
-                        block = Block(j1 - j0, part, single, state, leaves)
-                        plan.append((block, [acc[n][j0:j1] for n in names]))
-                contribs, value = self._batch_products([b for b, _ in plan], fixed, batch)
-                for (_, targets), contrib in zip(plan, contribs, strict=True):
-                    for target, c in zip(targets, contrib, strict=True):
-                        if c is not None:
-                            target.add_(c)  # (k, *shape), or (*shape) when k == 1
-                values.append((batch.index, value))
-                n_total += batch.n
-                bar.advance()
-        return n_total
 
     def _reduce(
         self,
@@ -476,99 +451,14 @@ class CurvatureOperator(LinearOperator):
         self._counts = counts
         return total, sum(counts)
 
-    def _locate(self, blocks: list[Block], fixed: Tensors) -> int | None:
-        """Diagnostic pass after a non-finite product: the first batch whose product is not finite.
-
-        Returns ``None`` if every batch is finite on its own.
-        """
-        with self._evaluation_mode():
-            for batch in self.source:
-                contribs, _ = self._batch_products(blocks, fixed, batch)
-                for contrib in contribs:
-                    for c in contrib:
-                        if c is not None and not bool(torch.isfinite(c).all()):
-                            return batch.index
-        return None
-
-    def _block_width(self, k: int, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
-        """How many columns one ``vmap`` evaluates: ``block_size`` when set, else automatic."""
-        if self.block_size is not None:
-            return max(1, int(self.block_size))
-        if k == 1:
-            return 1
-        return self._auto_block_width(leaves, fixed, batch)
-
-    def _auto_block_width(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
-        """16 columns, fewer on the CPU when a block's tensors would be large.
-
-        A block creates tensors of ``width x`` the largest activation, and on the CPU tensors
-        beyond a few tens of MiB are fresh memory maps each time (page faults then dominate the
-        product, see ``benchmarks/hvp.py``); blocks are sized to stay below 16 MiB.
-        """
-        if self.device.type != "cpu":
-            return MAX_BLOCK
-        if self._activation_bytes is None:
-            self._activation_bytes = self._largest_activation(leaves, fixed, batch)
-        return max(1, min(MAX_BLOCK, CPU_BLOCK_BYTES // max(1, self._activation_bytes)))
-
-    def _largest_activation(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
-        """Bytes of the largest tensor the forward pass of ``batch`` saves for backward."""
-        largest = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal largest
-            largest = max(largest, t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
-            self._forward(leaves, fixed, batch)
-        return largest
-
-    def _batch_products(
-        self, blocks: list[Block], fixed: Tensors, batch: Batch
-    ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
-        """Products of every block on one batch (subclasses may share work between blocks)."""
-        out, value = [], None
-        for block in blocks:
-            contrib, value = self._batch_product(block, fixed, batch)
-            out.append(contrib)
-        assert value is not None
-        return out, value
-
-    def _batch_product(
-        self, block: Block, fixed: Tensors, batch: Batch
-    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
-        """Return ``n_b * C_b V`` for the block's columns and the batch loss.
-
-        ``C_b`` is the curvature of the batch's mean loss; the product is one tensor per selected
-        parameter in flattening order (``(k, *shape)``, or ``(*shape)`` when ``k == 1``; ``None``
-        for zero).
-        """
-        raise NotImplementedError  # pragma: no cover
-
     # -- internals --------------------------------------------------------------------------------
     def _state(self) -> tuple[Tensors, Tensors]:
         """Detached selected parameters and the fixed rest (other parameters, buffer copies).
 
-        All on the operator's device, floating tensors in its dtype.
+        All on the operator's device, floating tensors in its dtype; cached while the model is
+        unchanged (see :class:`~.model_state.ModelState`), so not to be modified.
         """
-        selected: Tensors = {}
-        fixed: Tensors = {}
-        for name, p in self.model.named_parameters():
-            t = self._convert(p)
-            (selected if name in self._selected else fixed)[name] = t
-        for name, b in self.model.named_buffers():
-            t = self._convert(b)
-            if t.data_ptr() == b.data_ptr() and t.numel():
-                t = t.clone()  # never let a forward pass write into the user's buffers
-            fixed[name] = t
-        return selected, fixed
-
-    def _convert(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        if t.is_floating_point():
-            return t.to(device=self.device, dtype=self.dtype)
-        return t.to(device=self.device)
+        return self._model_state.get()
 
     def _forward(self, state: Tensors, fixed: Tensors, batch: Batch) -> Any:
         """The model output ``(n_b, ...)`` on one batch with parameters ``state``.
@@ -614,95 +504,3 @@ class CurvatureOperator(LinearOperator):
             f"loss={self.objective.name}, bn_mode={self.bn_mode!r}, "
             f"weight_decay={self.weight_decay}, dtype={self.dtype}, device={self.device})"
         )
-
-
-@dataclass
-class Block:
-    """A block of ``k`` columns of a product, prepared once per product.
-
-    Attributes:
-        k: number of columns.
-        tangents: ``{name: (k, *shape)}``.
-        single: ``{name: (*shape)}`` when ``k == 1`` (else ``None``).
-        state: detached parameter values ``{name: tensor}``.
-        leaves: the same values as autograd leaves (``requires_grad=True``), shared by all
-            batches of the product.
-    """
-
-    k: int
-    tangents: Tensors
-    single: Tensors | None
-    state: Tensors
-    leaves: Tensors
-
-
-def _raise_if_not_finite(
-    values: list[tuple[int, torch.Tensor]],
-    result: torch.Tensor | None,
-    what: str,
-    locate: Callable[[], int | None],
-) -> None:
-    """One finiteness check per pass (no host synchronisation per batch).
-
-    Raises ``FloatingPointError`` naming the first batch whose loss is not finite or, for a finite
-    loss but a non-finite ``result``, the batch ``locate()`` finds.
-    """
-    if not values:
-        return
-    losses = torch.stack([v for _, v in values]).detach()
-    total = losses.sum() if result is None else losses.sum() + result.sum()
-    if bool(torch.isfinite(total)):  # the one host synchronisation on the fast path
-        return
-    ok = torch.isfinite(losses)
-    if result is not None and bool(ok.all()) and bool(torch.isfinite(result).all()):
-        return  # every entry is finite; only their sum overflowed
-    if not bool(ok.all()):
-        pos = int((~ok).nonzero()[0, 0])
-        raise FloatingPointError(_loss_message(values[pos][0], float(losses[pos])))
-    index = locate()
-    where = f"on batch {index}" if index is not None else "(summed over the batches)"
-    raise FloatingPointError(
-        f"the {what} {where} is not finite although the loss is; the derivatives overflow or are "
-        "undefined there: evaluate in float64 (dtype=torch.float64) or check the parameters and "
-        "the model's operations"
-    )
-
-
-def _tied_aliases(model: nn.Module) -> list[tuple[str, str]]:
-    """``(alias, name)`` pairs for parameters/buffers registered under several names.
-
-    Names that reach the same attribute of the same module (a submodule registered twice, e.g.
-    ``conv`` and ``block.0``) are one slot, not an alias: ``functional_call`` must not swap that
-    slot twice (it would then restore the wrong tensor into the model).
-    """
-    pairs: list[tuple[str, str]] = []
-    for named in (
-        model.named_parameters(remove_duplicate=False),
-        model.named_buffers(remove_duplicate=False),
-    ):
-        first: dict[int, str] = {}
-        for name, t in named:
-            if id(t) not in first:
-                first[id(t)] = name
-            elif _slot(model, name) != _slot(model, first[id(t)]):
-                pairs.append((name, first[id(t)]))
-    return pairs
-
-
-def _slot(model: nn.Module, name: str) -> tuple[int, str]:
-    """``(id(owning module), attribute)`` of a parameter or buffer name."""
-    path, _, attr = name.rpartition(".")
-    return id(model.get_submodule(path)), attr
-
-
-def _loss_message(index: int, value: float) -> str:
-    return (
-        f"the loss on batch {index} is not finite ({value}); check that batch's inputs and targets "
-        "and the model's parameters (NaN/inf), or evaluate in float64 (dtype=torch.float64)"
-    )
-
-
-def _shuffles(data: Any) -> bool:
-    return isinstance(data, torch.utils.data.DataLoader) and isinstance(
-        data.sampler, torch.utils.data.RandomSampler
-    )

@@ -48,7 +48,8 @@ def evaluation_context(model: nn.Module, bn_mode: str, device: torch.device) -> 
     own_forward = [m.__dict__.get("forward") for m in patched]
     try:
         for m in modules:
-            m.training = False
+            if m.training:  # only what differs (Module.__setattr__ is slow for small batches)
+                m.training = False
         if bn_mode == "train":
             for m in norms:
                 # batch statistics; running statistics neither used nor updated
@@ -62,7 +63,8 @@ def evaluation_context(model: nn.Module, bn_mode: str, device: torch.device) -> 
         yield
     finally:
         for m, f in zip(modules, flags, strict=True):
-            m.training = f
+            if m.training is not f:
+                m.training = f
         for m, t in zip(norms, tracking, strict=True):
             m.track_running_stats = t
         for m, fwd in zip(patched, own_forward, strict=True):

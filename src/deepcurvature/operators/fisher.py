@@ -33,16 +33,16 @@ import torch
 from torch import nn
 
 from ..linalg.probes import resolve_seed
-from .base import Block, CurvatureOperator, Tensors, _shuffles
 from .batches import Batch
-from .jacobian import LinearisedOutput
+from .model_state import shuffles
+from .output_space import OutputSpaceOperator
 
 __all__ = ["FISHER_KINDS", "FisherOperator", "fisher"]
 
 FISHER_KINDS = ("empirical", "mc")
 
 
-class FisherOperator(CurvatureOperator):
+class FisherOperator(OutputSpaceOperator):
     """Empirical or Monte Carlo Fisher (+ ``lam I``) over the data set. See :func:`fisher`.
 
     Attributes:
@@ -72,6 +72,12 @@ class FisherOperator(CurvatureOperator):
             or mc_samples < 1
         ):
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        if kind == "mc" and kwargs.get("compile"):
+            raise ValueError(
+                "compile=True is not available for kind='mc' (the sampled targets are drawn "
+                "per batch from a seeded generator, outside what torch.compile reproduces); use "
+                "kind='mc' without compile, or compile=True with the GGN or the empirical Fisher"
+            )
         self.kind = kind  # before the base class, whose process-group check reads them
         self.mc_samples = int(mc_samples)
         super().__init__(model, loss_fn, data, **kwargs)
@@ -83,7 +89,7 @@ class FisherOperator(CurvatureOperator):
             # in a process group every rank draws its own stream for its own samples
             stream = self.seed if self.ranks is None else _rank_seed(self.seed, self.ranks.rank)
             self._generator = torch.Generator(device=self.device).manual_seed(stream)
-            if _shuffles(data):
+            if shuffles(data):
                 warnings.warn(
                     "kind='mc' with a shuffling DataLoader: the sampled targets are kept per batch "
                     "position, so products would pair them with other samples; use shuffle=False",
@@ -124,25 +130,20 @@ class FisherOperator(CurvatureOperator):
             )
         return self.objective.mc_factors(out, y, samples), batch.n / self.mc_samples
 
-    def _batch_product(
-        self, block: Block, fixed: Tensors, batch: Batch
-    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
-        lin = LinearisedOutput(
-            lambda p: self._output_tensor(p, fixed, batch),
-            block.leaves,
-            block.tangents,
-            block.single,
-        )
-        out, y, k = lin.output, batch.targets, block.k
+    def _output_weights(
+        self, out: torch.Tensor, jv: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W = sum_s R_s <R_s, J V>`` (scaled) ``(k, n_b, ...)`` and the batch loss."""
+        y, k = batch.targets, jv.shape[0]
         with torch.no_grad():
             value = self.objective(out, y)
-            R, scale = self._factors(out, batch)
-            S, n = R.shape[0], R.shape[1]
-            Rf = R.reshape(S, n, -1)
-            U = lin.jv.reshape(k, n, -1)
-            s = torch.einsum("knd,snd->ksn", U, Rf)  # per-sample scalars <R_si, (J v)_i>
-            W = torch.einsum("ksn,snd->knd", s, Rf).mul_(scale)
-        return lin.vjp(W.reshape(lin.jv.shape)), value
+        R, scale = self._factors(out.detach(), batch)
+        S, n = R.shape[0], R.shape[1]
+        Rf = R.reshape(S, n, -1)
+        U = jv.reshape(k, n, -1)
+        s = torch.einsum("knd,snd->ksn", U, Rf)  # per-sample scalars <R_si, (J v)_i>
+        W = torch.einsum("ksn,snd->knd", s, Rf) * scale
+        return W.reshape(jv.shape), value.detach()
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -166,6 +167,7 @@ def fisher(
     cache: bool = False,
     verbose: bool = False,
     targets: str | None = None,
+    compile: bool = False,
 ) -> FisherOperator:
     """The Fisher information of ``model`` over ``data`` as a ``(P, P)`` linear operator.
 
@@ -180,6 +182,10 @@ def fisher(
     Other arguments and the batch weighting are those of :func:`deepcurvature.hessian`.
     Like :func:`deepcurvature.ggn`, a non-tensor model output needs a built-in loss (of its
     logits).
+
+    ``compile=True`` evaluates each batch's product with ``torch.compile`` (see
+    :mod:`deepcurvature.operators.compiled`; opt-in, the first product compiles; not with
+    ``kind="mc"``).
 
     Returns:
         A :class:`FisherOperator` (symmetric positive semi-definite).
@@ -202,4 +208,5 @@ def fisher(
         cache=cache,
         verbose=verbose,
         targets=targets,
+        compile=compile,
     )

@@ -17,32 +17,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Block, CurvatureOperator, Tensors
 from .batches import Batch
-from .jacobian import LinearisedOutput
+from .output_space import OutputSpaceOperator
 
 __all__ = ["GGNOperator", "ggn"]
 
 
-class GGNOperator(CurvatureOperator):
+class GGNOperator(OutputSpaceOperator):
     """``G = J^T H_out J`` (+ ``lam I``) averaged over the data set. See :func:`ggn`."""
 
     curvature = "ggn"
 
-    def _batch_product(
-        self, block: Block, fixed: Tensors, batch: Batch
-    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
-        lin = LinearisedOutput(
-            lambda p: self._output_tensor(p, fixed, batch),
-            block.leaves,
-            block.tangents,
-            block.single,
-        )
+    def _output_weights(
+        self, out: torch.Tensor, jv: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W = n_b H_out (J V)`` ``(k, n_b, ...)`` and the batch loss, from ``f`` and ``J V``."""
         y = batch.targets
         with torch.no_grad():
-            value = self.objective(lin.output, y)
-        W = self.objective.hessian_product(lin.output, y, lin.jv)
-        return lin.vjp(W.mul_(batch.n)), value
+            value = self.objective(out, y)
+        W = self.objective.hessian_product(out, y, jv)
+        return W * batch.n, value.detach()
 
 
 def ggn(
@@ -58,6 +52,7 @@ def ggn(
     cache: bool = False,
     verbose: bool = False,
     targets: str | None = None,
+    compile: bool = False,
 ) -> GGNOperator:
     """The generalised Gauss-Newton matrix of the mean loss of ``model`` over ``data``.
 
@@ -74,6 +69,9 @@ def ggn(
     ``logits`` attribute or ``"logits"`` key); a custom loss of such an output raises a
     ``TypeError`` at the first product (wrap the model so that it returns the loss's tensor).
 
+    ``compile=True`` evaluates each batch's product with ``torch.compile`` (see
+    :mod:`deepcurvature.operators.compiled`; opt-in, the first product compiles).
+
     Returns:
         A :class:`GGNOperator` (symmetric positive semi-definite for convex losses).
     """
@@ -89,4 +87,5 @@ def ggn(
         cache=cache,
         verbose=verbose,
         targets=targets,
+        compile=compile,
     )

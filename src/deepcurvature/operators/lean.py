@@ -62,12 +62,27 @@ class _ReLU(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(g, y, 0)
 
 
+def _pool_with_indices(x: torch.Tensor, config: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_pool2d_with_indices(x, *config)``; on the CPU through a channels-last copy.
+
+    PyTorch's CPU kernel for contiguous ``(N, C, H, W)`` inputs is several times slower than its
+    channels-last kernel (20 against 4 ms for ``(128, 32, 32, 32)`` in float32 on one thread,
+    copies included); both return the same values and indices (the first maximum of a window,
+    ties and NaN included).
+    """
+    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
+        cl = x.contiguous(memory_format=torch.channels_last)
+        y, indices = torch.ops.aten.max_pool2d_with_indices(cl, *config)
+        return y.contiguous(), indices.contiguous()
+    return torch.ops.aten.max_pool2d_with_indices(x, *config)
+
+
 class _MaxPool2d(torch.autograd.Function):
     """``max_pool2d(x)``; backward routes ``g`` by the saved indices (``x`` a constant)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, *config: Any) -> torch.Tensor:
-        y, indices = torch.ops.aten.max_pool2d_with_indices(x, *config)
+        y, indices = _pool_with_indices(x, config)
         ctx.save_for_backward(x.detach(), indices)
         ctx.config = config
         return y

@@ -189,6 +189,14 @@ class ParameterLayout:
             for n, o, m, s in zip(self.names, self.offsets, self.numels, self.shapes, strict=True)
         }
 
+    def row_views(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views ``{name: (k, *shape)}`` of the rows of ``rows`` ``(k, P)`` (which they share)."""
+        k = rows.shape[0]
+        return {
+            n: rows[:, o : o + m].view(k, *s)
+            for n, o, m, s in zip(self.names, self.offsets, self.numels, self.shapes, strict=True)
+        }
+
     def dict_to_columns(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`columns_to_dict`: ``{name: (k, *shape)}`` to ``(P, k)``."""
         first = tensors[self.names[0]]
