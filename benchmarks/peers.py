@@ -2,8 +2,8 @@
 
 Run ``/work/peers-venv/bin/python benchmarks/peers.py [--quick] [--workload cnn-bn|mlp-digits]``
 (``benchmarks/peers_venv.sh`` builds that venv). Prints a table and writes
-``benchmarks/results/peers.json``. Run with a python where a peer is not installed, that peer is
-skipped with a line saying so.
+``benchmarks/results/peers.json`` (``peers-mlp-digits.json`` for that workload). Run with a
+python where a peer is not installed, that peer is skipped with a line saying so.
 
 The workloads are those of ``benchmarks/hvp.py`` (same builders: same model, data, batches of
 128, float32, ``torch.set_num_threads(--threads)``). Each row times ours and every installed peer
@@ -16,9 +16,10 @@ the data iterable), the relative error of the eigenvalues against a tight refere
 standard errors of the trace estimates.
 
 ``--quick`` (256 samples, 2 repeats, 25 trace probes, m = 8) writes
-``benchmarks/results/peers-quick.json`` instead. A full ``cnn-bn`` run takes about half an hour
-on a quiet 2-core machine (PyHessian's 100-probe trace and 120-pass SLQ, ARPACK's ~60 passes,
-three repeats each); ``--rows`` selects rows (``costs,top1,top5,trace,slq``).
+``benchmarks/results/peers-quick.json`` (``peers-mlp-digits-quick.json``) instead. A full
+``cnn-bn`` run takes about half an hour on a quiet 2-core machine (PyHessian's 100-probe trace
+and 120-pass SLQ, ARPACK's ~60 passes, three repeats each; ``--repeats 1``: 17 minutes);
+``--rows`` selects rows (``costs,top1,top5,trace,slq``).
 
 The ``costs`` row times one pass of each product against a plain gradient pass measured right
 before it (the method of ``benchmarks/hvp.py``): the most load-robust figure of the run.
@@ -486,7 +487,8 @@ def main() -> None:
         print_row("SLQ (value column: mean of the density)", row, "mean")
 
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("peers-quick.json" if args.quick else "peers.json")
+    stem = "peers" if args.workload == "cnn-bn" else f"peers-{args.workload}"
+    out = RESULTS / (f"{stem}-quick.json" if args.quick else f"{stem}.json")
     dc.io.atomic_write_text(out, json.dumps(result, indent=2, default=float) + "\n")
     print(f"\nwrote {os.path.relpath(out)}")
 
