@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import pkgutil
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from .._open_figures import closing_new_figures
 from .._version import __version__
 from . import commands
 from .failures import (
@@ -87,23 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _closing_new_figures() -> Iterator[None]:
-    """Close the pyplot figures a command opened: commands write figures to files only.
-
-    (``plotting.style.closing_new_figures``, without importing matplotlib for every command.)
-    """
-    plt = sys.modules.get("matplotlib.pyplot")
-    before = set(plt.get_fignums()) if plt is not None else set()
-    try:
-        yield
-    finally:
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
-
-
 def _debug_wanted(args: argparse.Namespace) -> bool:
     env = os.environ.get("DEEPCURVATURE_DEBUG", "").strip().lower()
     return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
@@ -121,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with process_group(args):  # under torchrun only (module docstring of ``launch``)
             try:
-                with _closing_new_figures():
+                with closing_new_figures():
                     status = int(args._run(args) or 0)
                 wait_for_all()
                 return status

@@ -7,10 +7,8 @@ told apart also differ in line style or marker, so that the figures read in grey
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter
+
+from .._open_figures import closing_new_figures
 
 __all__ = [
     "OKABE_ITO",
@@ -111,24 +111,6 @@ def close_figure(fig: Figure) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-@contextlib.contextmanager
-def closing_new_figures() -> Iterator[None]:
-    """Close, on leaving the block, the pyplot figures opened inside it (the others stay open).
-
-    For code that only writes figures to files (reports, the command line): nothing it draws
-    stays registered with pyplot, even when it fails half way.
-    """
-    plt = sys.modules.get("matplotlib.pyplot")
-    before = set(plt.get_fignums()) if plt is not None else set()
-    try:
-        yield
-    finally:
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
 
 
 def laid_out_axes_size(ax: Axes) -> tuple[float, float]:
