@@ -12,6 +12,31 @@ def rotate(d, seed):
     return torch.as_tensor((A + A.T) / 2)
 
 
+def dense_hessian_and_gradient(model, loss_fn, data):
+    """``(P, P)`` Hessian and ``(P,)`` gradient of the mean loss over the concatenated batches.
+
+    By ``torch.func`` on the flattened parameters (in ``model.parameters()`` order): the dense
+    reference of the operator tests.
+    """
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def f(theta):
+        tensors, offset = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            k = int(np.prod(shape))
+            tensors[name] = theta[offset : offset + k].view(shape)
+            offset += k
+        return loss_fn(functional_call(model, tensors, (x,)), y)
+
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+    return torch.func.hessian(f)(w), torch.func.grad(f)(w)
+
+
 def cli(*args, cwd=None, env=None, timeout=600):
     """Run ``deepcurvature ARGS...`` for real, as a subprocess; returns the CompletedProcess."""
     import subprocess

@@ -88,6 +88,10 @@ def _products(rank: int, world: int, tmp: Path) -> None:
     for got, want in zip(res["dist"][1:], res["ref"][1:], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
     torch.save(res["dist"], tmp / f"algorithms_{rank}.pt")
+    # a warm start in a group: every rank's first batch, reduced like any product
+    warm = dc.eigsh(op, 1, tol=1e-10, seed=4, warm_start="batch", verbose=False)
+    assert warm.warm_matvec > 0 and warm.converged
+    np.testing.assert_allclose(warm.values, res["ref"][1][-1:], rtol=1e-8)
     # Monte Carlo Fisher: each rank draws its own targets (a stream per rank), one all-reduce
     mc = dc.fisher(model, nn.CrossEntropyLoss(), _shard(x, y, rank, world), kind="mc", seed=0)
     before = counter.calls()

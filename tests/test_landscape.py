@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.optim.swa_utils import update_bn
 
 import deepcurvature as dc
+from _helpers import dense_hessian_and_gradient
 from deepcurvature.analysis.landscape import LandscapeResult
 
 
@@ -89,26 +89,6 @@ def plain_metrics(model, loss_fn, data):
                 correct += int((out.argmax(1) == y).sum())
             n += len(y)
     return total / n, correct / n
-
-
-def dense_hessian_and_gradient(model, loss_fn, data):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    x = torch.cat([b[0] for b in data])
-    y = torch.cat([b[1] for b in data])
-
-    def f(theta):
-        tensors, offset = {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            k = int(np.prod(shape))
-            tensors[name] = theta[offset : offset + k].view(shape)
-            offset += k
-        return loss_fn(functional_call(model, tensors, (x,)), y)
-
-    w = flat_params(model).clone()
-    H = torch.func.hessian(f)(w)
-    g = torch.func.grad(f)(w)
-    return H, g
 
 
 def snapshot(model):

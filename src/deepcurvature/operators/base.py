@@ -264,6 +264,44 @@ class CurvatureOperator(BatchProducts, LinearOperator):
         state, _ = self._state()
         return self.layout.flatten(state)
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that build this operator again on other data (:meth:`on_data`)."""
+        return {
+            "params": self.param_names,
+            "bn_mode": self.bn_mode,
+            "weight_decay": self.weight_decay,
+            "dtype": self.dtype,
+            "device": self.device,
+            "targets": self.targets_key,
+            "compile": self.compile,
+        }
+
+    def on_data(self, data: Iterable[Any]) -> CurvatureOperator:
+        """The same curvature (model, loss, parameters, settings) on other ``data``.
+
+        The new operator shares the model (not copied) and ``block_size``; it does not cache and
+        shows no progress bar. In a process group every rank must call it (it checks replicas).
+        """
+        op = type(self)(self.model, self.loss_fn, data, **self.settings())
+        op.block_size = self.block_size
+        return op
+
+    def warm_start_operator(self) -> CurvatureOperator | None:
+        """The same curvature on the first batch only: a cheap stand-in for warm starts.
+
+        Its products cost one batch instead of a pass over the data, and its top eigenvectors
+        lie close to the full operator's (see :func:`~deepcurvature.linalg.eigsh`'s
+        ``warm_start``). ``None`` when the data is a single batch (outside a process group; in
+        one, every rank takes its first local batch).
+        """
+        batches = iter(self.data)
+        first = next(batches, None)
+        if first is None:
+            return None
+        if self.ranks is None and next(batches, None) is None:
+            return None
+        return self.on_data([first])
+
     # -- building blocks for analyses that evaluate the model like the operator does -------------
     def functional_state(self) -> tuple[Tensors, Tensors]:
         """``(selected, fixed)``: detached copies of the parameters and buffers, as in a product.

@@ -111,6 +111,15 @@ class FisherOperator(OutputSpaceOperator):
             meta.update(mc_samples=self.mc_samples, seed=self.seed)
         return meta
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that build this operator again on other data."""
+        return {
+            **super().settings(),
+            "kind": self.kind,
+            "mc_samples": self.mc_samples,
+            "seed": self.seed,
+        }
+
     def _factors(self, out: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
         """Per-sample vectors ``(S, n_b, ...)`` and the scale of their outer products."""
         y = batch.targets

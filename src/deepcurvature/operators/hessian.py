@@ -78,6 +78,10 @@ class HessianOperator(CurvatureOperator):
         """A JSON-able description of the operator (for result files)."""
         return {**super().metadata, "hvp_engine": self.engine}
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that build this operator again on other data."""
+        return {**super().settings(), "engine": self.engine}
+
     def _auto_block_width(self, leaves: Tensors, fixed: Tensors, batch: Batch) -> int:
         """Columns per ``vmap`` of the reverse engine on the CPU: up to 16 while small.
 
