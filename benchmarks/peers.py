@@ -36,7 +36,11 @@ Rows (peer calls as their documentation gives them):
   ``HessianLinearOperator(...).to_scipy()`` with ``scipy.sparse.linalg.eigsh(k=5, which="LA")``
   (ARPACK, default tol: machine precision).
 * trace: ours Hutchinson with ``--trace-probes`` probes in blocks of ``--block`` columns; ours
-  Hutch++ with the budget ``--hutchpp-probes``; PyHessian ``trace(maxIter=--trace-probes)``.
+  Hutch++ with the budget ``--hutchpp-probes``; ours exact (``cnn-bn`` only: the network is
+  piecewise linear in every parameter, so ``dc.hessian_diagonal`` is the GGN diagonal from
+  per-sample Jacobians, and its sum is ``tr(H)`` with no variance); PyHessian
+  ``trace(maxIter=--trace-probes)`` (its default ``tol=1e-3`` stops it early) and with ``tol=0``
+  (all the probes: the equal-accuracy comparison, printed as a ratio to the exact route).
   BackPACK has no trace or eigen solvers; its exact ``DiagHessian`` does not cover this network's
   batch norm layers, so it is not used.
 * SLQ: ours ``dc.lanczos(H, m, probes=4)``; PyHessian ``density(iter=m, n_v=4)`` (PyHessian 0.1
@@ -166,10 +170,19 @@ def ours_hutchpp(H: Any, seed: int, probes: int, block: int) -> dict:
     return {"value": t.value, "std_error": t.std_error, "columns": t.n_matvec}
 
 
-def pyhessian_trace(peer: Any, model: nn.Module, data: list, seed: int, probes: int) -> dict:
+def ours_exact_trace(model: nn.Module, data: list) -> dict:
+    """``dc.hessian_diagonal(...).trace``: exact for this piecewise-linear network (no variance)."""
+    d = dc.hessian_diagonal(model, nn.CrossEntropyLoss(), data, verbose=False)
+    assert d.metadata["method"].startswith("gauss-newton"), d.metadata["method"]
+    return {"value": d.trace, "std_error": 0.0, "columns": 0}
+
+
+def pyhessian_trace(
+    peer: Any, model: nn.Module, data: list, seed: int, probes: int, tol: float = 1e-3
+) -> dict:
     torch.manual_seed(seed)
     hc = peer.hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=False)
-    samples = np.asarray(hc.trace(maxIter=probes))
+    samples = np.asarray(hc.trace(maxIter=probes, tol=tol))
     se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
     return {"value": float(samples.mean()), "std_error": se, "columns": len(samples)}
 
@@ -459,12 +472,34 @@ def main() -> None:
                 H, r, args.hutchpp_probes, b
             ),
         }
+        if args.workload == "cnn-bn":  # piecewise linear: the exact route applies
+            c["ours exact: hessian_diagonal(...).trace"] = lambda r: ours_exact_trace(model, data)
         if ph is not None:
             c[f"PyHessian trace(maxIter={m})"] = lambda r: pyhessian_trace(ph, model, data, r, m)
+            c[f"PyHessian trace(maxIter={m}, tol=0)"] = lambda r: pyhessian_trace(
+                ph, model, data, r, m, tol=0.0
+            )
         row = run_row("trace", c, data, args.repeats)
         add_std_error(row)
         result["rows"]["trace"] = row
         print_row("trace", row, "std.error")
+        exact = "ours exact: hessian_diagonal(...).trace"
+        full = f"PyHessian trace(maxIter={m}, tol=0)"
+        if exact in row and full in row:  # equal accuracy: PyHessian's 100 probes against exact
+            ratios = [
+                a / b for a, b in zip(row[full]["seconds"], row[exact]["seconds"], strict=True)
+            ]
+            result["equal_accuracy_trace_ratio"] = {
+                "median": statistics.median(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+                "pyhessian_std_error": row[full]["std_error_median"],
+            }
+            print(
+                f"equal accuracy: PyHessian's {m} probes (std.error "
+                f"{row[full]['std_error_median']:.3g}) take {statistics.median(ratios):.1f}x "
+                f"({min(ratios):.1f}-{max(ratios):.1f}) the exact trace's time"
+            )
     if "slq" in rows:
         s = args.slq_steps
         c = {f"ours lanczos(m={s}, probes=4)": lambda r: ours_slq(H, r, s)}

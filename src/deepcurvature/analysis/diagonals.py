@@ -7,7 +7,10 @@ tr(A) / P``, the first moment of the spectral density) but not the right spread 
 sum_ij A_ij^2 = tr(A^2)``, equation 10), so its histogram is far narrower than the eigenvalue
 density and misses the outliers (Figures 5, 6(c) and 7). This module computes the diagonals
 
-* :func:`hessian_diagonal`: exact, from ``P`` Hessian-vector products with unit vectors;
+* :func:`hessian_diagonal`: exact; for a network piecewise linear in every parameter (ReLU,
+  convolutions, pooling, batch norm with running statistics) it equals the GGN diagonal and is
+  computed from per-sample Jacobians (:mod:`.piecewise_linear`), else from ``P`` Hessian-vector
+  products with unit vectors;
 * :func:`ggn_diagonal`: exact, ``(1/N) sum_i diag(J_i^T H_i J_i)`` from per-sample Jacobians;
 * :func:`mc_ggn_diagonal`: the diagonal of the Monte Carlo Fisher (sampled labels), an unbiased
   estimate of the GGN diagonal;
@@ -51,6 +54,8 @@ __all__ = ["DiagonalResult", "adam_second_moment", "hessian_diagonal", "hutchins
 
 #: Default size limit of :func:`hessian_diagonal` (``P`` Hessian-vector products).
 HESSIAN_DIAGONAL_MAX_PARAMS = 20_000
+#: the methods of :func:`hessian_diagonal`
+HESSIAN_DIAGONAL_METHODS = ("auto", "gauss-newton", "unit-vectors")
 
 Tensors = dict[str, torch.Tensor]
 
@@ -84,6 +89,11 @@ class DiagonalResult:
 
     def __len__(self) -> int:
         return int(self.value.numel())
+
+    @property
+    def trace(self) -> float:
+        """The sum of the diagonal: the trace of the matrix (exact for an exact diagonal)."""
+        return float(self.value.double().sum())
 
     def numpy(self) -> np.ndarray:
         """The diagonal as a float64 numpy array ``(P,)``."""
@@ -159,19 +169,34 @@ def hessian_diagonal(
     bn_mode: str = "eval",
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    method: str = "auto",
     block_size: int = 64,
+    sample_chunk: int = 32,
     max_params: int = HESSIAN_DIAGONAL_MAX_PARAMS,
     force: bool = False,
     verbose: bool = True,
 ) -> DiagonalResult:
-    """The EXACT diagonal of the Hessian of the mean loss: ``H_ii = e_i^T H e_i``.
+    """The EXACT diagonal of the Hessian of the mean loss, ``H_ii``, and with it ``tr(H)``.
 
-    Computed as the Hessian-vector products ``H E`` with the unit vectors ``E = [e_i, ...]`` in
-    blocks of ``block_size`` columns (``matmat`` of :func:`deepcurvature.hessian`, the columns of a
-    block sharing each forward pass), keeping entry ``i`` of column ``e_i``. Cost: ``P``
-    Hessian-vector products in ``ceil(P / block_size)`` passes over the data (memory ``P *
-    block_size`` numbers): for small models only. There is no cheaper exact method for a general
-    network (the diagonal of ``H`` is not a product of a few passes), hence the guard.
+    Two exact methods:
+
+    * ``"gauss-newton"``: for a network whose output is piecewise linear in every single
+      parameter, ``H_ii = G_ii`` (the residual term ``sum_c dL/df_c d^2 f_c / d theta_i^2``
+      vanishes, see :mod:`.piecewise_linear`), computed like :func:`~.exact_diagonals.ggn_diagonal`
+      from per-sample Jacobians: ``N * D`` per-sample vector-Jacobian products in one pass over
+      the data (``D`` outputs per sample), whatever ``P``.
+    * ``"unit-vectors"``: ``H_ii = e_i^T H e_i`` from the Hessian-vector products ``H E`` with
+      the unit vectors in blocks of ``block_size`` columns: ``P`` products in
+      ``ceil(P / block_size)`` passes, for small models only (refused above ``max_params``
+      unless ``force=True``). Valid for every network.
+
+    ``"auto"`` (default) takes ``"gauss-newton"`` when
+    :func:`~.piecewise_linear.piecewise_linear_obstacle` recognises the network (``nn.Sequential``
+    chains of linear/convolution layers, ReLU-type activations, pooling and batch norm with
+    ``bn_mode="eval"``), else ``"unit-vectors"``. Passing ``"gauss-newton"`` explicitly asserts
+    the property for a network the check cannot inspect (e.g. a ReLU ResNet of custom modules);
+    for a network without it (tanh, GELU, attention, batch statistics) the result is the GGN
+    diagonal, not the Hessian's.
 
     Args:
         model: the network (not modified).
@@ -181,30 +206,63 @@ def hessian_diagonal(
         bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
         dtype: evaluation dtype (e.g. ``torch.float64``); default the model's.
         device: evaluation device; default the model's.
-        block_size: unit vectors per data pass.
-        max_params: refuse more than this many parameters ...
+        method: ``"auto"``, ``"gauss-newton"`` or ``"unit-vectors"``.
+        block_size: unit vectors per data pass (``"unit-vectors"``).
+        sample_chunk: samples evaluated together (``"gauss-newton"``; memory
+            ``sample_chunk * D * P`` numbers).
+        max_params: refuse more than this many parameters with ``"unit-vectors"`` ...
         force: ... unless ``force=True``.
-        verbose: progress bar over the blocks.
+        verbose: progress bar.
 
     Returns:
-        A :class:`DiagonalResult` named ``"hessian"``.
+        A :class:`DiagonalResult` named ``"hessian"``; ``metadata["method"]`` says which method
+        ran (and, for ``"auto"`` falling back to unit vectors, ``metadata["not_piecewise_linear"]``
+        why). Its :attr:`~DiagonalResult.trace` is the exact trace.
 
     Raises:
-        ValueError: ``P > max_params`` without ``force`` (the message gives the cost and the
-            cheaper estimates), or a non-positive ``block_size``.
+        ValueError: an unknown ``method``; ``P > max_params`` without ``force`` for
+            ``"unit-vectors"`` (the message gives the cost and the cheaper estimates); a
+            non-positive ``block_size`` or ``sample_chunk``.
     """
     from ..operators import hessian
+    from .exact_diagonals import ggn_diagonal
+    from .piecewise_linear import piecewise_linear_obstacle
 
+    if method not in HESSIAN_DIAGONAL_METHODS:
+        raise ValueError(
+            f"unknown method={method!r}: use 'auto', 'gauss-newton' (networks piecewise linear in "
+            "every parameter) or 'unit-vectors' (any network, P Hessian-vector products)"
+        )
     block_size = _check_count("block_size", block_size)
+    obstacle = piecewise_linear_obstacle(model, bn_mode) if method == "auto" else None
+    if method == "gauss-newton" or (method == "auto" and obstacle is None):
+        diag = ggn_diagonal(
+            model,
+            loss_fn,
+            data,
+            params=params,
+            bn_mode=bn_mode,
+            dtype=dtype,
+            device=device,
+            sample_chunk=sample_chunk,
+            verbose=verbose,
+        )
+        diag.name = "hessian"
+        diag.metadata["method"] = "gauss-newton (piecewise linear in every parameter)"
+        diag.metadata["curvature"] = "hessian"
+        return diag
     op = hessian(model, loss_fn, data, params=params, bn_mode=bn_mode, dtype=dtype, device=device)
     P = op.num_params
     if P > max_params and not force:
+        why = f" ({obstacle})" if obstacle else ""
         raise ValueError(
             f"the exact Hessian diagonal of {P:,} parameters costs {P:,} Hessian-vector products "
             f"({math.ceil(P / block_size):,} passes over the data); it is refused above "
-            f"max_params={max_params:,}. Pass force=True (or a larger max_params) to run it "
-            "anyway, select fewer parameters with params=..., or estimate it with "
-            "hutchinson_diagonal(dc.hessian(...), probes)"
+            f"max_params={max_params:,}. The network is not recognised as piecewise linear in "
+            f"every parameter{why}, where method='gauss-newton' would be exact and cheap: pass "
+            "that if it is (e.g. a ReLU network of custom modules), force=True (or a larger "
+            "max_params) to run the unit vectors anyway, select fewer parameters with "
+            "params=..., or estimate it with hutchinson_diagonal(dc.hessian(...), probes)"
         )
     out = torch.empty(P, dtype=op.dtype, device=op.device)
     starts = range(0, P, block_size)
@@ -217,7 +275,10 @@ def hessian_diagonal(
             HE = op.matmat(E)
             out[a:b] = HE[idx, idx - a]
             bar.advance()
-    return _result(op, out, "hessian", method="unit vectors", matvecs=P, data_passes=len(starts))
+    extra = {"not_piecewise_linear": obstacle} if obstacle else {}
+    return _result(
+        op, out, "hessian", method="unit vectors", matvecs=P, data_passes=len(starts), **extra
+    )
 
 
 # ------------------------------------------------------------------------------------------------
