@@ -386,6 +386,31 @@ def pass_costs(
     return out
 
 
+def keep_other_rows(path: Path, result: dict) -> None:
+    """Carry over the rows of an earlier run at ``path`` that this run did not measure.
+
+    ``result["row_dates"]`` gives the date of every row (and of ``pass_costs``), so a table
+    assembled from several runs says which figure comes from when.
+    """
+    dates = {row: result["date_utc"] for row in result["rows"]}
+    if "pass_costs" in result:
+        dates["pass_costs"] = result["date_utc"]
+    if path.exists():
+        old = json.loads(path.read_text())
+        old_dates = old.get("row_dates", {})
+        for row, value in old.get("rows", {}).items():
+            if row not in result["rows"]:
+                result["rows"][row] = value
+                dates[row] = old_dates.get(row, old.get("date_utc"))
+        if "pass_costs" not in result and "pass_costs" in old:
+            result["pass_costs"] = old["pass_costs"]
+            dates["pass_costs"] = old_dates.get("pass_costs", old.get("date_utc"))
+        for key in ("equal_accuracy_trace_ratio",):
+            if key not in result and key in old and dates.get("trace") != result["date_utc"]:
+                result[key] = old[key]
+    result["row_dates"] = dates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="cnn-bn", choices=["cnn-bn", "mlp-digits"])
@@ -514,6 +539,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = "peers" if args.workload == "cnn-bn" else f"peers-{args.workload}"
     out = RESULTS / (f"{stem}-quick.json" if args.quick else f"{stem}.json")
+    keep_other_rows(out, result)
     dc.io.atomic_write_text(out, json.dumps(result, indent=2, default=float) + "\n")
     print(f"\nwrote {os.path.relpath(out)}")
 

@@ -6,6 +6,7 @@ import torch
 
 import deepcurvature as dc
 from _helpers import rotate
+from deepcurvature.linalg.operator import ShiftedOperator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -281,6 +282,12 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         dc.trace(A, 10, seed=2, checkpoint=path, verbose=False)
     with pytest.raises(ValueError, match="probes"):
         dc.trace(A, 12, seed=1, checkpoint=path, verbose=False)
+    # another matrix of the same size: its fingerprint differs
+    with pytest.raises(ValueError, match=r"saved for another operator \(the matrix entries differ"):
+        dc.trace(dense_symmetric(20, 6), 10, seed=1, checkpoint=path, verbose=False)
+    shifted = ShiftedOperator(dc.as_operator(A), shift=1.0)
+    with pytest.raises(ValueError, match=r"the operator class \(DenseOperator saved, Shifted"):
+        dc.trace(shifted, 10, seed=1, checkpoint=path, verbose=False)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a valid trace checkpoint"):
         dc.trace(A, 10, seed=1, checkpoint=path, verbose=False)

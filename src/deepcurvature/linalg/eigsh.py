@@ -26,207 +26,35 @@ Stewart 2001):
 from __future__ import annotations
 
 import math
-import numbers
+import os
 import warnings
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..progress import ProgressBar
-from .operator import LinearOperator, as_operator
-from .probes import draw_probes, resolve_seed
+from .eigen_common import (
+    ACCURACY,
+    WHICH,
+    EigshResult,
+    check_finite,
+    random_orthogonal,
+    residual_threshold,
+    select_wanted,
+    start_vector,
+    threshold,
+    validate_common,
+    value_error_bounds,
+)
+from .eigsh_state import EIGSH_STATE_KIND, EIGSH_WHAT, KrylovSchurLoop, eigsh_settings
+from .lanczos_state import check_state, load_state, operator_fingerprint, save_state, tensor_digest
+from .operator import LinearOperator
+from .probes import resolve_seed
 from .warm_start import WARM_TOL, resolve_warm_operator
 
-__all__ = ["WHICH", "EigshResult", "eigsh"]
-
-WHICH = ("LA", "SA", "LM", "BE")
-ACCURACY = ("residual", "value")
-
-
-@dataclass
-class EigshResult:
-    """Eigenpairs of a symmetric operator, with their true residuals.
-
-    Attributes:
-        values: ``(k,)`` float64 eigenvalue estimates, ascending (scipy's order).
-        vectors: ``(P, k)`` orthonormal eigenvector estimates, in the operator's dtype and device;
-            column ``i`` belongs to ``values[i]``.
-        residual_norms: ``(k,)`` float64 true residuals ``||A u_i - theta_i u_i||``, computed with
-            one final product of the operator with ``vectors`` (with ``verify=False``: the
-            Lanczos estimates ``|beta * s_{m,i}|``, no product).
-        n_matvec: number of operator columns applied, the final check (if any) included.
-        n_restarts: number of restarts (0 for the exact path and for power iteration).
-        converged: whether every pair met the residual criterion.
-        which: which eigenvalues were asked for (``"LA"``, ``"SA"``, ``"LM"`` or ``"BE"``).
-        tol: the relative residual tolerance.
-        seed: the seed of the random vectors (``None`` when a start vector was given without a
-            seed; fresh vectors after an invariant subspace then use seed 0).
-        method: ``"thick-restart Lanczos"``, ``"dense"`` or ``"power iteration"``.
-        warm_matvec: columns of the cheaper operator applied for a warm start (``warm_start=``;
-            each costs a fraction of an operator column, e.g. one batch instead of the data set).
-    """
-
-    values: np.ndarray
-    vectors: torch.Tensor
-    residual_norms: np.ndarray
-    n_matvec: int
-    n_restarts: int
-    converged: bool
-    which: str
-    tol: float
-    seed: int | None
-    method: str
-    warm_matvec: int = 0
-
-    @property
-    def relative_residuals(self) -> np.ndarray:
-        """``(k,)`` residual norms divided by ``max_i |values_i|`` (the convergence criterion)."""
-        scale = float(np.max(np.abs(self.values))) if self.values.size else 0.0
-        return self.residual_norms / scale if scale > 0 else self.residual_norms.copy()
-
-
-def select_wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
-    """Indices of the ``count`` most wanted values of ``theta`` (most wanted first).
-
-    ``"BE"`` takes ``(count + 1) // 2`` from the top and ``count // 2`` from the bottom, like
-    ARPACK, interleaved top, bottom, top, ...
-    """
-    theta = np.asarray(theta, dtype=np.float64)
-    count = min(int(count), theta.size)
-    if which == "LA":
-        return np.argsort(-theta, kind="stable")[:count]
-    if which == "SA":
-        return np.argsort(theta, kind="stable")[:count]
-    if which == "LM":
-        return np.argsort(-np.abs(theta), kind="stable")[:count]
-    hi = np.argsort(-theta, kind="stable")[: (count + 1) // 2]
-    lo = np.argsort(theta, kind="stable")[: count // 2]
-    out = np.empty(hi.size + lo.size, dtype=np.int64)
-    out[0::2], out[1::2] = hi, lo
-    return out
-
-
-def residual_threshold(tol: float, wanted: np.ndarray, anorm: float, P: int, eps: float) -> float:
-    """The residual bound ``max(tol * max|theta_wanted|, 10 sqrt(P) eps ||A||)``.
-
-    The second term is the accuracy attainable in the working precision; it only matters when the
-    wanted eigenvalues are (close to) zero or ``tol`` is below the precision of the operator.
-    """
-    scale = float(np.max(np.abs(wanted))) if np.size(wanted) else 0.0
-    return max(tol * scale, 10.0 * math.sqrt(P) * eps * anorm)
-
-
-def threshold(
-    tol: float, wanted: np.ndarray, anorm: float, P: int, eps: float, accuracy: str
-) -> float:
-    """The bound the residuals (``"residual"``) or eigenvalue errors (``"value"``) must meet.
-
-    ``"residual"``: :func:`residual_threshold`; ``"value"``: ``max(tol * max|theta_wanted|,
-    4 eps ||A||)``, the accuracy of a Rayleigh quotient in the working precision.
-    """
-    if accuracy == "residual":
-        return residual_threshold(tol, wanted, anorm, P, eps)
-    scale = float(np.max(np.abs(wanted))) if np.size(wanted) else 0.0
-    return max(tol * scale, 4.0 * eps * anorm)
-
-
-def value_error_bounds(
-    theta: np.ndarray, want: np.ndarray, res: np.ndarray, floor: float = 0.0
-) -> np.ndarray:
-    """Estimated eigenvalue errors ``min(r_i, r_i^2 / gap_i)`` of the wanted Ritz values.
-
-    ``|lambda - theta_i| <= r_i`` always holds for the eigenvalue nearest ``theta_i``; the
-    Kato-Temple bound ``r_i^2 / gap_i`` holds when ``gap_i`` is the distance from ``theta_i`` to the
-    rest of the spectrum, estimated here by the distance to the nearest other Ritz value (the
-    usual practice of ARPACK-style solvers, an estimate rather than a guarantee).
-
-    Args:
-        theta: ``(m,)`` all Ritz values of the current basis.
-        want: ``(k,)`` indices of the wanted ones in ``theta``.
-        res: ``(k,)`` their residual norms (estimates or true), in the order of ``want``.
-        floor: the attainable residual (:func:`residual_threshold` with ``tol = 0``); a pair
-            whose residual is at or below it cannot improve and gets the estimate 0.
-
-    Returns:
-        ``(k,)`` float64 error estimates, in the order of ``want``.
-    """
-    theta = np.asarray(theta, dtype=np.float64)
-    res = np.asarray(res, dtype=np.float64)
-    if theta.size < 2:
-        return np.where(res <= floor, 0.0, res)
-    out = np.empty(len(want))
-    for n, i in enumerate(want):
-        gap = float(np.min(np.abs(np.delete(theta, i) - theta[i])))
-        out[n] = min(res[n], res[n] ** 2 / gap) if gap > 0 else res[n]
-    out[res <= floor] = 0.0
-    return out
-
-
-def check_finite(x: torch.Tensor, what: str) -> None:
-    """Raise ``FloatingPointError`` naming ``what`` if ``x`` has NaN or infinity."""
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(
-            f"the operator returned a non-finite product ({what}); check the operator "
-            "(model, loss, data) for NaN or infinity"
-        )
-
-
-def validate_common(op: Any, k: int, tol: float) -> LinearOperator:
-    """Shared argument checks of :func:`eigsh` and :func:`~.power.power_iteration`."""
-    op = as_operator(op)
-    if op.symmetric is False:
-        raise ValueError(
-            "eigenpairs need a symmetric operator, but the matrix is not symmetric; "
-            "symmetrise it with (A + A.T) / 2 if that is what you mean"
-        )
-    P = op.shape[0]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer (number of eigenpairs), got {k!r}")
-    if k > P:
-        raise ValueError(f"k={k} eigenpairs asked for, but the operator has only P={P}; use k <= P")
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not math.isfinite(tol):
-        raise ValueError(f"tol must be finite, got {tol!r}")
-    return op
-
-
-def _start_vector(op: LinearOperator, start: Any, generator: torch.Generator) -> torch.Tensor:
-    P = op.shape[0]
-    if start is None:
-        v = draw_probes(P, 1, kind="gaussian", generator=generator)[0]
-    else:
-        v = start if isinstance(start, torch.Tensor) else torch.as_tensor(np.asarray(start))
-        if v.ndim == 2 and v.shape[1] == 1:
-            v = v[:, 0]
-        if v.ndim != 1 or v.shape[0] != P:
-            raise ValueError(f"start must have shape (P,) with P = {P}, got {tuple(v.shape)}")
-        v = v.to(torch.float64)
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError("the start vector contains NaN or infinity")
-    nrm = torch.linalg.vector_norm(v)
-    if nrm == 0:
-        raise ValueError("the start vector is zero: pass a non-zero start vector")
-    return (v / nrm).to(dtype=op.dtype, device=op.device)
-
-
-def _random_orthogonal(
-    basis: torch.Tensor, generator: torch.Generator, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """A random unit vector orthogonal to the rows of ``basis`` (j, P)."""
-    P = basis.shape[1]
-    for _ in range(10):
-        v = draw_probes(P, 1, kind="gaussian", generator=generator)[0].to(
-            dtype=dtype, device=device
-        )
-        for _ in range(2):
-            v = v - basis.T @ (basis @ v)
-        nrm = torch.linalg.vector_norm(v)
-        if nrm > 1e-3:  # a Gaussian vector keeps ~sqrt(P - j) of its norm; this never fails twice
-            return v / nrm
-    raise RuntimeError("could not draw a vector orthogonal to the basis")  # pragma: no cover
+__all__ = ["WHICH", "EigshResult", "eigsh", "value_error_bounds"]
 
 
 def _dense_path(
@@ -289,6 +117,8 @@ def eigsh(
     verify: bool = True,
     verbose: bool = True,
     warm_start: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
 ) -> EigshResult:
     """The ``k`` extremal eigenpairs of a symmetric operator by thick-restart Lanczos.
 
@@ -329,6 +159,12 @@ def eigsh(
             eigenvalues of an operator over many batches (6 instead of 11 full products for the
             top eigenvalue to 1e-6 in ``benchmarks/peers.py``). The convergence test and the
             result are those of ``op`` alone; the cheap columns are counted in ``warm_matvec``.
+        checkpoint: a state file (see :mod:`.eigsh_state`), written atomically every
+            ``checkpoint_every`` operator applications; when it exists, the solve continues from
+            it with bitwise identical results, after checking that it was saved for the same
+            operator and arguments (``seed=None`` then takes the saved seed); removed when the
+            solve ends (kept when it is interrupted). Not used by the dense path (``ncv >= P``).
+        checkpoint_every: operator applications between two checkpoints.
 
     Returns:
         An :class:`EigshResult`: values ascending, vectors ``(P, k)``, residuals, counts.
@@ -337,7 +173,8 @@ def eigsh(
 
     Raises:
         ValueError: bad ``k``, ``which``, ``tol``, ``ncv``, ``max_steps``, ``start`` or
-            ``warm_start`` (or both of the last two), or a non-symmetric dense matrix.
+            ``warm_start`` (or both of the last two), a non-symmetric dense matrix, or a
+            ``checkpoint`` saved for another operator or other arguments (naming what differs).
         FloatingPointError: the operator returned a non-finite product (names the product).
     """
     op = validate_common(op, k, tol)
@@ -365,36 +202,118 @@ def eigsh(
             f"k Lanczos steps and the final residual check of k products), got {max_steps!r}"
         )
     max_steps = int(max_steps)
+    if warm_start is not None and start is not None:
+        raise ValueError("pass either start (a vector) or warm_start (an operator), not both")
+    ckpt = Path(checkpoint) if checkpoint is not None and ncv < P else None
+    if ckpt is not None and (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, (int, np.integer))
+        or checkpoint_every < 1
+    ):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    state = load_state(ckpt, EIGSH_STATE_KIND, EIGSH_WHAT) if ckpt and ckpt.exists() else None
+    if state is not None and seed is None and start is None:
+        seed = state["run"].get("seed")  # continue the recorded solve
     used_seed = resolve_seed(seed) if (start is None or seed is not None) else None
     gen_seed = used_seed if used_seed is not None else 0
-    sub = None
-    if warm_start is not None:
-        if start is not None:
-            raise ValueError("pass either start (a vector) or warm_start (an operator), not both")
-        sub = resolve_warm_operator(op, warm_start)
+    settings: dict[str, Any] = {}
+    if ckpt is not None:
+        settings = eigsh_settings(
+            k,
+            which,
+            tol,
+            ncv,
+            max_steps,
+            accuracy,
+            bool(verify),
+            used_seed,
+            None if start is None else tensor_digest(torch.as_tensor(np.asarray(start))),
+            None
+            if warm_start is None
+            else (warm_start if isinstance(warm_start, str) else type(warm_start).__name__),
+        )
+        fingerprint = operator_fingerprint(op)
+        if state is not None:
+            check_state(state, ckpt, fingerprint, settings, EIGSH_WHAT)
     if ncv >= P:
         return _dense_path(op, k, which, tol, used_seed, verbose)
     generator = torch.Generator().manual_seed(gen_seed)
-    warm_matvec = 0
-    if sub is not None:
-        rough = eigsh(
-            sub,
-            k,
-            which=which,
-            tol=WARM_TOL,
-            ncv=ncv,
-            seed=gen_seed,
-            accuracy="value",
-            verify=False,
-            verbose=False,
-        )
-        start, warm_matvec = rough.vectors.sum(dim=1), rough.n_matvec
-    v0 = _start_vector(op, start, generator)
+    save = None
+    saved = state is not None  # a state on disk refers to this solve
+    if ckpt is not None:
+
+        def save(loop: KrylovSchurLoop) -> None:
+            nonlocal saved
+            state = {"fingerprint": fingerprint, "run": settings, **loop.to_state(generator)}
+            save_state(ckpt, state, EIGSH_STATE_KIND)
+            saved = True
+
+    loop = None
+    if state is not None:
+        loop = KrylovSchurLoop.from_state(state, op.dtype, op.device, generator)
+        del state  # release the memory-mapped file
+    else:
+        sub = None if warm_start is None else resolve_warm_operator(op, warm_start)
+        warm_matvec = 0
+        if sub is not None:
+            rough = eigsh(
+                sub,
+                k,
+                which=which,
+                tol=WARM_TOL,
+                ncv=ncv,
+                seed=gen_seed,
+                accuracy="value",
+                verify=False,
+                verbose=False,
+            )
+            start, warm_matvec = rough.vectors.sum(dim=1), rough.n_matvec
+        loop = _fresh_loop(op, ncv, k, start_vector(op, start, generator), warm_matvec)
+    every = int(checkpoint_every) if ckpt is not None else 0
     result = _thick_restart(
-        op, k, which, tol, max_steps, ncv, v0, generator, used_seed, verbose, accuracy, bool(verify)
+        op,
+        k,
+        which,
+        tol,
+        max_steps,
+        ncv,
+        loop,
+        generator,
+        used_seed,
+        verbose,
+        accuracy,
+        bool(verify),
+        every,
+        save,
     )
-    result.warm_matvec = warm_matvec
+    if ckpt is not None and saved:
+        ckpt.unlink(missing_ok=True)  # ours: written or continued by this call
     return result
+
+
+def _fresh_loop(
+    op: LinearOperator, ncv: int, k: int, v0: torch.Tensor, warm_matvec: int
+) -> KrylovSchurLoop:
+    """The loop before the first step: ``Q[0] = v0`` (normalised), nothing else yet."""
+    Q = torch.zeros((ncv + 1, op.shape[0]), dtype=op.dtype, device=op.device)
+    Q[0] = v0
+    return KrylovSchurLoop(
+        Q=Q,
+        H=np.zeros((ncv, ncv)),
+        j=0,
+        nkeep=0,
+        coupling=np.zeros(0),
+        beta=0.0,
+        anorm=0.0,
+        broke_in_cycle=False,
+        n_matvec=0,
+        n_restarts=0,
+        fresh_check=False,
+        U=None,
+        vals=np.zeros(k),
+        res=np.full(k, np.inf),
+        warm_matvec=warm_matvec,
+    )
 
 
 def _thick_restart(
@@ -404,37 +323,51 @@ def _thick_restart(
     tol: float,
     max_steps: int,
     ncv: int,
-    v0: torch.Tensor,
+    loop: KrylovSchurLoop,
     generator: torch.Generator,
     seed: int | None,
     verbose: bool,
     accuracy: str = "residual",
     verify: bool = True,
+    every: int = 0,
+    save: Any = None,
 ) -> EigshResult:
+    """The Krylov-Schur iteration from ``loop`` (fresh or saved); ``save(loop)`` every ``every``."""
     P = op.shape[0]
     dtype, device = op.dtype, op.device
     check_cost = k if verify else 0
     eps = float(torch.finfo(dtype).eps)
-    Q = torch.zeros((ncv + 1, P), dtype=dtype, device=device)  # basis vectors as rows
-    Q[0] = v0
-    H = np.zeros((ncv, ncv))
-    j = 0  # number of basis vectors whose column of H is complete
-    nkeep = 0
-    coupling = np.zeros(0)  # arrowhead: H[nkeep, :nkeep]
-    beta = 0.0  # norm of the residual f = beta * Q[j]
-    anorm = 0.0  # running estimate of ||A||_2
-    broke_in_cycle = False  # an invariant subspace was met since the last restart
-    n_matvec = 0
-    n_restarts = 0
+    Q, H, j, nkeep, coupling = loop.Q, loop.H, loop.j, loop.nkeep, loop.coupling
+    beta, anorm, broke_in_cycle = loop.beta, loop.anorm, loop.broke_in_cycle
+    n_matvec, n_restarts, fresh_check = loop.n_matvec, loop.n_restarts, loop.fresh_check
+    U, vals, res = loop.U, loop.vals, loop.res
     converged = False
-    fresh_check = False  # U, vals, res belong to the current basis
-    U: torch.Tensor | None = None
-    vals = np.zeros(k)
-    res = np.full(k, np.inf)
     breakdown = 10.0 * math.sqrt(P) * eps
+    last_save = n_matvec
 
-    with ProgressBar(max_steps, "eigsh", verbose=verbose) as bar:
+    with ProgressBar(max_steps - n_matvec, "eigsh", verbose=verbose) as bar:
         while True:
+            if every and n_matvec - last_save >= every:  # ---- checkpoint (top of the loop) ----
+                save(
+                    KrylovSchurLoop(
+                        Q,
+                        H,
+                        j,
+                        nkeep,
+                        coupling,
+                        beta,
+                        anorm,
+                        broke_in_cycle,
+                        n_matvec,
+                        n_restarts,
+                        fresh_check,
+                        U,
+                        vals,
+                        res,
+                        loop.warm_matvec,
+                    )
+                )
+                last_save = n_matvec
             if j == ncv:  # ---- thick restart ------------------------------------------------
                 theta, S = np.linalg.eigh(H)
                 keep = select_wanted(theta, nkeep_n := n_keep(k, ncv), which)
@@ -442,7 +375,7 @@ def _thick_restart(
                 Q[:nkeep_n] = Sk.T @ Q[:ncv]
                 coupling = beta * S[ncv - 1, keep]
                 if beta == 0.0:
-                    Q[nkeep_n] = _random_orthogonal(Q[:nkeep_n], generator, dtype, device)
+                    Q[nkeep_n] = random_orthogonal(Q[:nkeep_n], generator, dtype, device)
                 else:
                     Q[nkeep_n] = Q[ncv]
                 H = np.zeros((ncv, ncv))
@@ -479,7 +412,7 @@ def _thick_restart(
                 beta = 0.0
                 broke_in_cycle = True
                 if j < ncv:
-                    Q[j] = _random_orthogonal(Q[:j], generator, dtype, device)
+                    Q[j] = random_orthogonal(Q[:j], generator, dtype, device)
             else:
                 Q[j] = w / beta
             fresh_check = False
@@ -547,6 +480,7 @@ def _thick_restart(
         tol=tol,
         seed=seed,
         method="thick-restart Lanczos",
+        warm_matvec=loop.warm_matvec,
     )
 
 

@@ -137,35 +137,40 @@ def _short(x: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    state = {"kind": STATE_KIND, "format": STATE_FORMAT, **state}
+def save_state(path: str | os.PathLike, state: dict[str, Any], kind: str = STATE_KIND) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``).
+
+    ``kind`` names what the state continues (a Lanczos run; :mod:`.eigsh_state` for eigsh).
+    """
+    state = {"kind": kind, "format": STATE_FORMAT, **state}
     with atomic_write(path, "wb") as fh:
         torch.save(state, fh)
 
 
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
+def load_state(
+    path: str | os.PathLike, kind: str = STATE_KIND, what: str = "Lanczos state"
+) -> dict[str, Any]:
     """Read a state written by :func:`save_state` (``weights_only=True``, tensors memory-mapped).
 
     Raises:
-        ValueError: the file is not a Lanczos state (a model checkpoint, garbage...).
+        ValueError: the file is not a state of ``kind`` (a model checkpoint, garbage...).
     """
     path = Path(path)
+    a = "an" if what[:1] in "aeiou" else "a"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise ValueError(
-            f"{path} is not a Lanczos state file ({type(exc).__name__}): pass another "
+            f"{path} is not {a} {what} file ({type(exc).__name__}): pass another "
             "checkpoint path (it is left untouched)"
         ) from None
-    if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
+    if not isinstance(state, dict) or state.get("kind") != kind:
         raise ValueError(
-            f"{path} is not a Lanczos state file: pass another checkpoint path (it is left "
-            "untouched)"
+            f"{path} is not {a} {what} file: pass another checkpoint path (it is left untouched)"
         )
     if state.get("format") != STATE_FORMAT:
         raise ValueError(
-            f"{path} is a Lanczos state of format {state.get('format')}, this version reads "
+            f"{path} is a {what} of format {state.get('format')}, this version reads "
             f"format {STATE_FORMAT}: delete it to start afresh"
         )
     return state
@@ -185,7 +190,11 @@ _RUN_NAMES = {
 
 
 def check_state(
-    state: dict[str, Any], path: Path, fingerprint: dict[str, Any], settings: dict[str, Any]
+    state: dict[str, Any],
+    path: Path,
+    fingerprint: dict[str, Any],
+    settings: dict[str, Any],
+    what: str = "Lanczos state",
 ) -> None:
     """Refuse, in one line naming what differs and the fix, a state saved for another run."""
     diffs = describe_mismatch(state.get("fingerprint") or {}, fingerprint)
@@ -197,7 +206,7 @@ def check_state(
             diffs.append(f"{name} differ" if key == "start" else f"{name} ({a} saved, {b} now)")
     if diffs:
         raise ValueError(
-            f"the Lanczos state {path} was saved for another run: {', '.join(diffs)}; delete "
+            f"the {what} {path} was saved for another run: {', '.join(diffs)}; delete "
             f"{path} to start afresh, or pass the original arguments"
         )
     info = state.get("basis_file")

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from ..progress import ProgressBar
-from .eigsh import EigshResult, _start_vector, check_finite, residual_threshold, validate_common
+from .eigen_common import (
+    EigshResult,
+    check_finite,
+    residual_threshold,
+    start_vector,
+    validate_common,
+)
 from .probes import draw_probes, resolve_seed
 
 __all__ = ["power_iteration"]
@@ -76,7 +82,7 @@ def power_iteration(
     with ProgressBar(k * int(max_iters), "power iteration", verbose=verbose) as bar:
         for i in range(k):
             if i == 0:
-                v = _start_vector(op, start, generator)
+                v = start_vector(op, start, generator)
             else:
                 v = draw_probes(P, 1, kind="gaussian", generator=generator)[0]
                 v = v.to(dtype=dtype, device=device)

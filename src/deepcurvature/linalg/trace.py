@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..progress import ProgressBar
+from .lanczos_state import operator_fingerprint
 from .operator import LinearOperator, as_operator
 from .probes import PROBE_KINDS, draw_probes, resolve_seed
 from .trace_checkpoint import load_trace_checkpoint, save_trace_checkpoint
@@ -204,8 +205,11 @@ def trace(
     if checkpoint is not None and method != "hutchinson":
         raise ValueError(f"checkpoint= is supported for method='hutchinson' only, not {method!r}")
     state = None
+    fingerprint = operator_fingerprint(op) if checkpoint is not None else None
     if checkpoint is not None:
-        state = load_trace_checkpoint(checkpoint, P=op.shape[0], probes=n, probe=probe, seed=seed)
+        state = load_trace_checkpoint(
+            checkpoint, P=op.shape[0], probes=n, probe=probe, seed=seed, fingerprint=fingerprint
+        )
     if state is not None:
         used_seed, block_size = int(state["seed"]), int(state["block_size"])
         generator = torch.Generator()
@@ -228,6 +232,7 @@ def trace(
                     block_size=block_size,
                     samples=done,
                     generator=generator,
+                    fingerprint=fingerprint,
                 )
 
         done = state["samples"].numpy() if state is not None else None

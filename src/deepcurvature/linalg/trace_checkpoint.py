@@ -4,6 +4,8 @@ A checkpoint is a ``torch.save`` dictionary of tensors and plain values, written
 (temporary file beside it, then ``os.replace``: a crash never leaves a half-written file) after
 every block of probes, and read back with ``torch.load(weights_only=True)`` (no code is run).
 A resumed run draws the same probes as an uninterrupted one, so its estimate is bit-identical.
+The checkpoint records the operator's fingerprint (see :mod:`.lanczos_state`: matrix kind, ``N``,
+a checksum of the parameters...); a checkpoint of another operator is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from ..io.atomic import atomic_write
 from ..io.errors import invalid_file, unreadable_file
+from .lanczos_state import describe_mismatch
 
 __all__ = ["load_trace_checkpoint", "save_trace_checkpoint"]
 
@@ -34,9 +37,11 @@ def save_trace_checkpoint(
     block_size: int,
     samples: np.ndarray,
     generator: torch.Generator,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """Write the first ``len(samples)`` quadratic forms ``(done,)`` and the generator state."""
     state = {
+        "fingerprint": fingerprint or {},
         "format": "deepcurvature-trace-1",
         "P": int(P),
         "probes": int(probes),
@@ -52,7 +57,13 @@ def save_trace_checkpoint(
 
 
 def load_trace_checkpoint(
-    path: str | os.PathLike, *, P: int, probes: int, probe: str, seed: int | None
+    path: str | os.PathLike,
+    *,
+    P: int,
+    probes: int,
+    probe: str,
+    seed: int | None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The state saved at ``path`` (``None`` if there is no file), checked against this run.
 
@@ -85,6 +96,15 @@ def load_trace_checkpoint(
                 WHAT,
                 f"it belongs to a run with {key}={state[key]!r}, this one has {key}={value!r}",
                 "use the same arguments to resume, or another checkpoint path",
+            )
+    if fingerprint is not None:
+        diffs = describe_mismatch(state.get("fingerprint") or {}, fingerprint)
+        if diffs:
+            raise invalid_file(
+                path,
+                WHAT,
+                f"it was saved for another operator ({', '.join(diffs)})",
+                "use the same operator to resume, or another checkpoint path",
             )
     samples = state["samples"]
     if samples.ndim != 1 or samples.shape[0] != state["done"] or state["done"] > probes:
