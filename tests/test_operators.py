@@ -1161,3 +1161,39 @@ def test_cached_state_follows_in_place_changes_of_the_model():
     w = torch.randn(C.num_params, dtype=DT)
     a, b = C.matvec(w), C.matvec(w)  # every product starts from the model's buffer (0)
     assert torch.equal(a, b) and float(counting.calls) == 0.0
+
+
+def test_an_error_mid_pass_leaves_the_model_as_it_was():
+    """Products swap the parameters into the model once per pass: an error must restore them."""
+    model, loss_fn, inputs, targets = make_case("mlp", "ce")
+    params = dict(model.named_parameters())
+    before = state_of(model)
+
+    class Breaks(list):
+        armed = False
+
+        def __iter__(self):
+            for i, batch in enumerate(list.__iter__(self)):
+                if self.armed and i == 2:
+                    raise RuntimeError("disk unplugged")
+                yield batch
+
+    for make in (dc.hessian, dc.ggn, dc.fisher):
+        data = Breaks(split(inputs, targets))
+        op = make(model, loss_fn, data)
+        data.armed = True
+        for V in (torch.randn(51, dtype=DT), torch.randn(51, 3, dtype=DT)):
+            with pytest.raises(RuntimeError, match="disk unplugged"):
+                op.matvec(V) if V.ndim == 1 else op.matmat(V)
+            assert all(p is params[n] for n, p in model.named_parameters())  # the user's tensors
+            assert_unchanged(model, before)
+    # and while a pass runs, the model holds the product's leaves, not the user's parameters
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args: seen.append(next(iter(m.parameters())) is next(iter(params.values())))
+    )
+    dc.hessian(model, loss_fn, split(inputs, targets)).matvec(torch.randn(51, dtype=DT))
+    hook.remove()
+    assert seen and not any(seen)
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert_unchanged(model, before)

@@ -12,6 +12,7 @@ the host per batch: the finiteness of the batch losses and of the result is chec
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,8 @@ class BatchProducts:
     #: is bounded by ``block_size`` copies of the activations (``to_dense`` included).
     block_size: int | None = None
     _activation_bytes: int | None = None
+    #: swap the parameters into the model once per pass (see ``CurvatureOperator._bound``)
+    bind_parameters: bool = True
 
     def _accumulate(
         self: CurvatureOperator,
@@ -79,7 +82,8 @@ class BatchProducts:
         The batch losses are appended to ``values``; the column blocks are planned into ``plan``.
         """
         k, names, n_total = V.shape[1], self.layout.names, 0
-        with self._evaluation_mode(), self._bar(f"{self.curvature} product") as bar:
+        bound = self._bound(leaves, fixed) if self.bind_parameters else nullcontext()
+        with self._evaluation_mode(), bound, self._bar(f"{self.curvature} product") as bar:
             for batch in self.source:
                 if not plan:  # blocks of columns, planned once per product on the first batch
                     width = self._block_width(k, leaves, fixed, batch)
