@@ -6,7 +6,11 @@
 * :func:`empirical_fisher_diagonal`: ``(1/N) sum_i g_i^2``.
 
 They evaluate the model on one sample at a time under ``torch.func.vmap`` (a loss that is a sum
-over samples, batch norm in ``bn_mode="eval"``). In a process group each rank sums its shard's
+over samples, batch norm in ``bn_mode="eval"``), or, for ``nn.Sequential`` chains of linear,
+convolution and batch-norm layers, layer by layer from one batched forward pass and ``S``
+batched backward passes (:mod:`.layer_squares`; about twice as fast on the CNN of
+``benchmarks/peers.py``, and without the ``sample_chunk * S * P`` numbers of the per-sample
+route); ``metadata["per_sample_route"]`` says which. In a process group each rank sums its shard's
 squares and one all-reduce sums them over the ranks (see :mod:`.diagonals`).
 """
 
@@ -29,8 +33,13 @@ from ..operators.distributed import all_reduce_sum, reduce_pass
 from ..operators.fisher import _rank_seed
 from ..progress import ProgressBar
 from .diagonals import DiagonalResult, _check_count, _result
+from .layer_squares import chain_layers, layer_squares
 
 __all__ = ["empirical_fisher_diagonal", "ggn_diagonal", "mc_ggn_diagonal"]
+
+#: take the layer-by-layer route of :mod:`.layer_squares` for the chain networks it supports
+#: (``False``: always one sample at a time under ``vmap``, the general route)
+LAYERWISE = True
 
 Tensors = dict[str, torch.Tensor]
 
@@ -86,6 +95,7 @@ def _squares_pass(
     state, fixed = op.functional_state()
     acc = torch.zeros((rows, op.num_params), dtype=torch.float64, device=op.device)
     n_total = 0
+    layers = chain_layers(op.model, op.bn_mode) if LAYERWISE else None
     failure: Exception | None = None
     quiet = op.ranks is not None and op.ranks.rank != 0  # one progress bar: rank 0's
     try:
@@ -94,7 +104,10 @@ def _squares_pass(
                 with torch.no_grad():
                     out = op.batch_output(state, fixed, batch)
                 W, weights = cotangents(out, batch)
-                part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
+                if layers is not None and isinstance(batch.inputs, torch.Tensor):
+                    part = layer_squares(op, layers, state, fixed, batch, W, weights)
+                else:
+                    part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
                 acc.add_(part.sum(0, keepdim=True) if collapse else part)
                 n_total += batch.n
                 bar.advance()
@@ -111,6 +124,11 @@ def _squares_pass(
         acc, counts = reduce_pass(op.ranks, acc, n_total, failure, label)
         n_total = sum(counts)
     return acc, n_total
+
+
+def _route(op: CurvatureOperator) -> str:
+    """``"layerwise"`` (:mod:`.layer_squares`) or ``"vmap"``: how the squares are computed."""
+    return "layerwise" if LAYERWISE and chain_layers(op.model, op.bn_mode) is not None else "vmap"
 
 
 def _per_sample_squares(
@@ -232,6 +250,7 @@ def ggn_diagonal(
         output_size=D,
         per_sample_vjps=n_total * D,
         data_passes=1,
+        per_sample_route=_route(op),
     )
 
 
@@ -321,6 +340,7 @@ def mc_ggn_diagonal(
         seed=used_seed,
         per_sample_vjps=n_total * S,
         data_passes=1,
+        per_sample_route=_route(op),
     )
 
 
@@ -389,4 +409,5 @@ def empirical_fisher_diagonal(
         method="per-sample gradients",
         per_sample_vjps=n_total,
         data_passes=1,
+        per_sample_route=_route(op),
     )

@@ -1,0 +1,271 @@
+"""Per-sample squared Jacobian products of chain networks, layer by layer (no per-sample passes).
+
+The exact diagonals of :mod:`.exact_diagonals` need, for ``S`` output-space vectors ``w_{s,i}``
+per sample ``i``, the sums ``sum_i weight_{s,i} (J_i^T w_{s,i})^2`` (elementwise, ``P``
+entries). Evaluating every sample on its own (``vmap``) works for any network but runs
+``n_b * S`` small backward passes per batch and holds ``chunk * S * P`` numbers. For an
+``nn.Sequential`` chain of linear, convolution and batch-norm layers (with running statistics)
+and parameter-free layers that act on each sample alone, the per-sample gradient of a layer's
+weights is a product of two things a batched backward pass already has (BackPACK's approach):
+
+* ``Linear``: ``dW_i = sum_t g_{i,t} x_{i,t}^T`` (``t``: extra leading dimensions of the
+  sample, e.g. sequence positions), ``db_i = sum_t g_{i,t}``;
+* ``Conv1d``/``Conv2d`` (``groups=1``, zero padding): ``dW_i = g_i unfold(x_i)^T`` (one
+  batched matrix product), ``db_i = sum over positions of g_i``;
+* ``BatchNorm`` with running statistics: ``dgamma_i = sum over positions of g_i x_hat_i``,
+  ``dbeta_i = sum over positions of g_i``;
+
+with ``x_i`` the layer's input and ``g_i = J_{out,i}^T w_i`` the cotangent at its output. One
+forward pass per batch and one batched backward pass per vector ``s`` (to the layer outputs
+only: no weight gradients) give every ``g``. Samples must not interact, which the chain check
+(:func:`chain_layers`) guarantees for the listed modules; anything else returns ``None`` and the
+caller evaluates per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..operators.base import CurvatureOperator
+from ..operators.batches import Batch
+from ..operators.model_state import tied_aliases
+from .piecewise_linear import PIECEWISE_LINEAR_MODULES
+
+__all__ = ["PER_SAMPLE_MODULES", "chain_layers", "layer_squares"]
+
+Tensors = dict[str, torch.Tensor]
+
+#: parameter-free modules that act on each sample alone (dropout is off in curvature evaluations)
+PER_SAMPLE_MODULES: tuple[type[nn.Module], ...] = (
+    *PIECEWISE_LINEAR_MODULES,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softsign,
+)
+_WITH_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: bytes of the per-sample weight gradients formed at once (samples are taken in chunks)
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Layer:
+    """One module of the chain: its qualified name and whether it has parameters or buffers.
+
+    ``has_params`` layers (linear, convolution, batch norm) are evaluated here with the product's
+    tensors; the others are called as they are.
+    """
+
+    name: str
+    module: nn.Module
+    has_params: bool
+
+
+def chain_layers(model: nn.Module, bn_mode: str) -> list[Layer] | None:
+    """The leaves of ``model`` in evaluation order, or ``None`` if it is not a supported chain.
+
+    Supported: nested ``nn.Sequential`` of :data:`PER_SAMPLE_MODULES` (without parameters) and of
+    ``Linear``, ``Conv1d``/``Conv2d`` (``groups=1``, zero padding of integer size) and batch norm
+    with running statistics in ``bn_mode="eval"``, each module with parameters used once and no
+    parameter shared.
+    """
+    if tied_aliases(model) or bn_mode != "eval":
+        return None
+    out: list[Layer] = []
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, name: str) -> bool:
+        if isinstance(module, nn.Sequential):
+            return all(
+                visit(child, f"{name}.{key}" if name else key)
+                for key, child in module._modules.items()
+                if child is not None
+            )
+        has_params = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+        if not has_params:
+            ok = type(module) in PER_SAMPLE_MODULES
+        else:
+            ok = type(module) in _WITH_PARAMETERS and id(module) not in seen and _supported(module)
+            seen.add(id(module))
+        out.append(Layer(name, module, has_params))
+        return ok
+
+    return out if visit(model, "") else None
+
+
+def _supported(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return (
+            module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
+    if isinstance(module, _BatchNorm):
+        return module.running_mean is not None and module.running_var is not None
+    return True
+
+
+def _forward(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output with parameters ``p`` (``{short name: tensor}``), as in eval mode."""
+    m = layer.module
+    if isinstance(m, nn.Linear):
+        return F.linear(x, p["weight"], p.get("bias"))
+    if isinstance(m, nn.Conv1d):
+        return F.conv1d(x, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation)
+    if isinstance(m, nn.Conv2d):
+        return F.conv2d(x, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation)
+    assert isinstance(m, _BatchNorm)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    x_hat = (x - p["running_mean"].reshape(shape)) * torch.rsqrt(
+        p["running_var"].reshape(shape) + m.eps
+    )
+    if "weight" in p:
+        x_hat = x_hat * p["weight"].reshape(shape)
+    return x_hat + p["bias"].reshape(shape) if "bias" in p else x_hat
+
+
+def _layer_input(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
+    """What the per-sample gradients multiply the cotangents with (computed once per batch).
+
+    ``Linear``: the input ``(n, T, in)``; convolutions: the unfolded input ``(n, L, C k)``; batch
+    norm: the normalised input ``x_hat``.
+    """
+    m, n = layer.module, x.shape[0]
+    if isinstance(m, nn.Linear):
+        return x.reshape(n, -1, x.shape[-1])
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, nn.Conv1d):  # as a 2-D convolution of height 1
+            x = x.unsqueeze(2)
+            kernel, dil = (1, m.kernel_size[0]), (1, m.dilation[0])
+            pad, stride = (0, m.padding[0]), (1, m.stride[0])
+        else:
+            kernel, dil, pad, stride = m.kernel_size, m.dilation, m.padding, m.stride
+        cols = F.unfold(x, kernel, dilation=dil, padding=pad, stride=stride)  # (n, C k, L)
+        return cols.transpose(1, 2)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - p["running_mean"].reshape(shape)) * torch.rsqrt(
+        p["running_var"].reshape(shape) + m.eps
+    )
+
+
+def _per_sample_grads(
+    layer: Layer, p: Tensors, xin: torch.Tensor, g: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``{short name: (n, *shape)}`` per-sample gradients; ``xin`` from :func:`_layer_input`."""
+    m, n = layer.module, g.shape[0]
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(m, nn.Linear):
+        gs = g.reshape(n, -1, g.shape[-1])
+        out["weight"] = torch.bmm(gs.transpose(1, 2), xin)
+        out["bias"] = gs.sum(1)
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        gs = g.reshape(n, g.shape[1], -1)  # (n, Cout, L)
+        out["weight"] = torch.bmm(gs, xin).reshape(n, *p["weight"].shape)
+        out["bias"] = gs.sum(2)
+    else:
+        dims = tuple(range(2, g.dim()))
+        out["weight"] = (g * xin).sum(dims) if dims else g * xin
+        out["bias"] = g.sum(dims) if dims else g
+    return out
+
+
+def layer_squares(
+    op: CurvatureOperator,
+    layers: list[Layer],
+    state: Tensors,
+    fixed: Tensors,
+    batch: Batch,
+    W: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_i weights[s, i] * (J_i^T W[s, i])**2`` for each ``s``: ``(S, P)`` float64.
+
+    The contract of ``_per_sample_squares`` in :mod:`.exact_diagonals`, for a chain from
+    :func:`chain_layers`: one forward pass of the batch and one backward pass per ``s`` to the
+    outputs of the layers with selected parameters.
+    """
+    tensors = {**fixed, **state}
+    offsets, o = {}, 0
+    for name, numel in zip(op.layout.names, op.layout.numels, strict=True):
+        offsets[name] = (o, o + numel)
+        o += numel
+    selected = set(state)
+    S = W.shape[0]
+    out = torch.zeros((S, op.num_params), dtype=torch.float64, device=op.device)
+    records: list[tuple[Layer, Tensors, torch.Tensor, torch.Tensor]] = []
+    with torch.enable_grad():
+        h = batch.inputs
+        for layer in layers:
+            if not layer.has_params:
+                h = layer.module(h)
+                continue
+            prefix = f"{layer.name}." if layer.name else ""
+            p = {
+                short: tensors[prefix + short]
+                for short, _ in layer.module.named_parameters(recurse=False)
+            }
+            for short, _ in layer.module.named_buffers(recurse=False):
+                p[short] = tensors[prefix + short]
+            if not any(prefix + k in selected for k in p):
+                h = _forward(layer, p, h)
+                continue
+            x = h if h.requires_grad else h.detach().requires_grad_()  # the graph starts here
+            h = _forward(layer, p, x)
+            records.append((layer, p, x, h))
+        output = h
+    if not records:
+        return out
+    outputs = [r[3] for r in records]
+    inputs = [_layer_input(layer, p, x.detach()) for layer, p, x, _ in records]
+    for s in range(S):
+        cots = torch.autograd.grad(output, outputs, W[s], retain_graph=s < S - 1)
+        w = weights[s]
+        for (layer, p, _, _), xin, g in zip(records, inputs, cots, strict=True):
+            prefix = f"{layer.name}." if layer.name else ""
+            grads = _chunked_squares(layer, p, xin, g, w)
+            for short, sq in grads.items():
+                name = prefix + short
+                if name in offsets:
+                    a, b = offsets[name]
+                    out[s, a:b] += sq
+    return out
+
+
+def _chunked_squares(
+    layer: Layer, p: Tensors, xin: torch.Tensor, g: torch.Tensor, w: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``{short name: sum_i w_i * (per-sample gradient_i)**2}`` (float64), in sample chunks.
+
+    The squares of a chunk are summed in the operator's dtype (a weighted sum of at most a
+    chunk of non-negative terms for a positive semi-definite output Hessian: relative error
+    about ``chunk * eps``), the chunks in float64.
+    """
+    n = g.shape[0]
+    per_sample = sum(t.numel() for t in p.values()) * g.element_size()
+    chunk = max(1, min(n, CHUNK_BYTES // max(1, per_sample)))
+    w = w.to(g.dtype)
+    acc: dict[str, torch.Tensor] = {}
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        for short, gi in _per_sample_grads(layer, p, xin[a:b], g[a:b]).items():
+            if short not in p:
+                continue
+            flat = gi.reshape(b - a, -1)
+            sq = (w[a:b] @ flat.square()).double()  # (K,)
+            acc[short] = acc[short] + sq if short in acc else sq
+    return acc
