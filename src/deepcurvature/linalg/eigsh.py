@@ -227,7 +227,11 @@ def eigsh(
             accuracy,
             bool(verify),
             used_seed,
-            None if start is None else tensor_digest(torch.as_tensor(np.asarray(start))),
+            None
+            if start is None
+            else tensor_digest(
+                start if isinstance(start, torch.Tensor) else torch.as_tensor(np.asarray(start))
+            ),
             None
             if warm_start is None
             else (warm_start if isinstance(warm_start, str) else type(warm_start).__name__),
@@ -244,8 +248,8 @@ def eigsh(
 
         def save(loop: KrylovSchurLoop) -> None:
             nonlocal saved
-            state = {"fingerprint": fingerprint, "run": settings, **loop.to_state(generator)}
-            save_state(ckpt, state, EIGSH_STATE_KIND)
+            payload = {"fingerprint": fingerprint, "run": settings, **loop.to_state(generator)}
+            save_state(ckpt, payload, EIGSH_STATE_KIND)
             saved = True
 
     loop = None
