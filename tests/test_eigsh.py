@@ -432,3 +432,14 @@ def test_value_accuracy_stops_at_the_attainable_accuracy_in_float32():
     assert res.converged and res.n_matvec < 200
     exact = np.sort(evals)[-6:]
     assert np.max(np.abs(res.values - exact)) <= 1e-5 * exact.max()
+
+
+def test_value_accuracy_is_relative_to_each_eigenvalue():
+    """accuracy='value': tol bounds each wanted eigenvalue's relative error, small ones too."""
+    rng = np.random.default_rng(7)
+    d = np.concatenate([[100.0, 10.0, 1.0], rng.uniform(-0.5, 0.7, 297)])
+    A = rotate(d, 8)
+    res = dc.eigsh(A, 3, tol=1e-9, accuracy="value", verify=False, seed=1, verbose=False)
+    exact = np.sort(d)[-3:]
+    rel = np.abs(res.values - exact) / exact
+    assert res.converged and np.all(rel <= 1e-8), rel

@@ -111,16 +111,17 @@ def residual_threshold(tol: float, wanted: np.ndarray, anorm: float, P: int, eps
 
 def threshold(
     tol: float, wanted: np.ndarray, anorm: float, P: int, eps: float, accuracy: str
-) -> float:
+) -> float | np.ndarray:
     """The bound the residuals (``"residual"``) or eigenvalue errors (``"value"``) must meet.
 
-    ``"residual"``: :func:`residual_threshold`; ``"value"``: ``max(tol * max|theta_wanted|,
-    4 eps ||A||)``, the accuracy of a Rayleigh quotient in the working precision.
+    ``"residual"``: :func:`residual_threshold` (one number for every wanted pair); ``"value"``:
+    one bound per wanted value, ``max(tol * |theta_i|, 4 eps ||A||)``: ``tol`` is the relative
+    accuracy of each eigenvalue, down to the accuracy of a Rayleigh quotient in the working
+    precision.
     """
     if accuracy == "residual":
         return residual_threshold(tol, wanted, anorm, P, eps)
-    scale = float(np.max(np.abs(wanted))) if np.size(wanted) else 0.0
-    return max(tol * scale, 4.0 * eps * anorm)
+    return np.maximum(tol * np.abs(np.asarray(wanted, dtype=np.float64)), 4.0 * eps * anorm)
 
 
 def value_error_bounds(

@@ -143,10 +143,11 @@ def eigsh(
         start: an explicit start vector ``(P,)`` instead of a random one (a warm start, e.g. the
             eigenvector of a cheaper operator such as the Hessian of a subset of the data).
         accuracy: ``"residual"`` (default): stop when the residuals meet ``tol``;
-            ``"value"``: stop when the estimated eigenvalue errors
-            ``min(r, r^2 / gap)`` (:func:`value_error_bounds`) meet ``tol``, i.e. ``tol`` is the
-            relative accuracy of the eigenvalues, reached with far fewer products (the
-            eigenvectors are then accurate to about ``sqrt(tol * gap / |theta|)``).
+            ``"value"``: stop when the estimated error ``min(r, r^2 / gap)`` of every wanted
+            eigenvalue (:func:`value_error_bounds`) is at most ``tol * |theta_i|``, i.e. ``tol``
+            is the relative accuracy of each eigenvalue (never below ``4 eps ||A||``), reached
+            with far fewer products (the eigenvectors are then accurate to about
+            ``sqrt(tol * gap / |theta|)``).
         verify: confirm convergence with the true residuals (``k`` more operator columns, the
             default). With ``False`` the Lanczos residual estimates ``|beta * s_{m,i}|`` (free;
             exact in exact arithmetic, and reliable with full reorthogonalisation) are
