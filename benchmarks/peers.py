@@ -392,7 +392,8 @@ def keep_other_rows(path: Path, result: dict) -> None:
     ``result["row_dates"]`` gives the date of every row (and of ``pass_costs``), so a table
     assembled from several runs says which figure comes from when.
     """
-    dates = {row: result["date_utc"] for row in result["rows"]}
+    measured = set(result["rows"])
+    dates = {row: result["date_utc"] for row in measured}
     if "pass_costs" in result:
         dates["pass_costs"] = result["date_utc"]
     if path.exists():
@@ -405,9 +406,8 @@ def keep_other_rows(path: Path, result: dict) -> None:
         if "pass_costs" not in result and "pass_costs" in old:
             result["pass_costs"] = old["pass_costs"]
             dates["pass_costs"] = old_dates.get("pass_costs", old.get("date_utc"))
-        for key in ("equal_accuracy_trace_ratio",):
-            if key not in result and key in old and dates.get("trace") != result["date_utc"]:
-                result[key] = old[key]
+        if "trace" not in measured and "equal_accuracy_trace_ratio" in old:
+            result["equal_accuracy_trace_ratio"] = old["equal_accuracy_trace_ratio"]
     result["row_dates"] = dates
 
 
