@@ -157,3 +157,22 @@ def test_a_float32_model_evaluated_in_float64(monkeypatch):
     slow = dc.ggn_diagonal(model, loss_fn, data, dtype=DT, verbose=False)
     assert fast.value.dtype == DT and next(model.parameters()).dtype == torch.float32
     torch.testing.assert_close(fast.value, slow.value, rtol=1e-12, atol=1e-15)
+
+
+def test_layer_inputs_recomputed_when_they_do_not_fit(monkeypatch):
+    from deepcurvature.analysis import layer_squares as ls
+
+    model, x, loss_fn, y = conv2d_case()
+    data = [(x[:6], y[:6]), (x[6:], y[6:])]
+    kept = dc.ggn_diagonal(model, loss_fn, data, verbose=False)
+    monkeypatch.setattr(ls, "CACHE_BYTES", 0)  # every unfolded input formed per output vector
+    again = dc.ggn_diagonal(model, loss_fn, data, verbose=False)
+    assert again.metadata["per_sample_route"] == "layerwise"
+    torch.testing.assert_close(again.value, kept.value, rtol=1e-13, atol=0.0)
+    # the size estimate used for that decision is the size of what is formed
+    for conv in (nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2), nn.Conv2d(3, 5, (3, 2))):
+        conv = conv.to(DT)
+        inp = torch.randn(2, 3, *((9,) if isinstance(conv, nn.Conv1d) else (7, 6)), dtype=DT)
+        layer = ls.Layer("c", conv, True)
+        p = dict(conv.named_parameters())
+        assert ls._input_numel(layer, inp, conv(inp)) == ls._layer_input(layer, p, inp).numel()

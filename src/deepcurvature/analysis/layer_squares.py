@@ -24,6 +24,7 @@ caller evaluates per sample.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,8 @@ PER_SAMPLE_MODULES: tuple[type[nn.Module], ...] = (
 _WITH_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: bytes of the per-sample weight gradients formed at once (samples are taken in chunks)
 CHUNK_BYTES = 64 * 2**20
+#: bytes of layer inputs (unfolded for convolutions) kept across a batch's backward passes
+CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -163,6 +166,14 @@ def _layer_input(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _input_numel(layer: Layer, x: torch.Tensor, out: torch.Tensor) -> int:
+    """Elements of :func:`_layer_input` for input ``x`` and output ``out``, without forming it."""
+    m = layer.module
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):  # (n, positions, C k)
+        return out.numel() // m.out_channels * m.in_channels * math.prod(m.kernel_size)
+    return x.numel()
+
+
 def _per_sample_grads(
     layer: Layer, p: Tensors, xin: torch.Tensor, g: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -231,13 +242,26 @@ def layer_squares(
     if not records:
         return out
     outputs = [r[3] for r in records]
-    inputs = [_layer_input(layer, p, x.detach()) for layer, p, x, _ in records]
+    # what multiplies the cotangents, kept across the S backward passes while it fits in
+    # CACHE_BYTES (unfolded convolution inputs are k times the activations), else recomputed
+    inputs: list[torch.Tensor | None] = []
+    kept = 0
+    for layer, p, x, h in records:
+        size = _input_numel(layer, x, h) * x.element_size()
+        if S > 1 and kept + size <= CACHE_BYTES:
+            kept += size
+            inputs.append(_layer_input(layer, p, x.detach()))
+        else:
+            inputs.append(None)
     for s in range(S):
         cots = torch.autograd.grad(output, outputs, W[s], retain_graph=s < S - 1)
         w = weights[s]
-        for (layer, p, _, _), xin, g in zip(records, inputs, cots, strict=True):
+        for (layer, p, x, _), xin, g in zip(records, inputs, cots, strict=True):
             prefix = f"{layer.name}." if layer.name else ""
+            if xin is None:
+                xin = _layer_input(layer, p, x.detach())
             grads = _chunked_squares(layer, p, xin, g, w)
+            del xin
             for short, sq in grads.items():
                 name = prefix + short
                 if name in offsets:
