@@ -101,12 +101,13 @@ def _squares_pass(
     try:
         with op.evaluation_mode(), _bar(op, label, verbose and not quiet) as bar:
             for batch in op.source:
-                with torch.no_grad():
-                    out = op.batch_output(state, fixed, batch)
-                W, weights = cotangents(out, batch)
                 if layers is not None and isinstance(batch.inputs, torch.Tensor):
-                    part = layer_squares(op, layers, state, fixed, batch, W, weights)
+                    # its own forward pass gives the output the cotangents are made of
+                    part = layer_squares(op, layers, state, fixed, batch, cotangents)
                 else:
+                    with torch.no_grad():
+                        out = op.batch_output(state, fixed, batch)
+                    W, weights = cotangents(out, batch)
                     part = _per_sample_squares(op, state, fixed, batch, W, weights, chunk)
                 acc.add_(part.sum(0, keepdim=True) if collapse else part)
                 n_total += batch.n

@@ -25,6 +25,7 @@ caller evaluates per sample.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -201,14 +202,15 @@ def layer_squares(
     state: Tensors,
     fixed: Tensors,
     batch: Batch,
-    W: torch.Tensor,
-    weights: torch.Tensor,
+    cotangents: Callable[[torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
     """``sum_i weights[s, i] * (J_i^T W[s, i])**2`` for each ``s``: ``(S, P)`` float64.
 
-    The contract of ``_per_sample_squares`` in :mod:`.exact_diagonals`, for a chain from
-    :func:`chain_layers`: one forward pass of the batch and one backward pass per ``s`` to the
-    outputs of the layers with selected parameters.
+    ``cotangents(output, batch) -> (W, weights)`` makes the ``(S, n_b, *out)`` output-space
+    vectors and their ``(S, n_b)`` weights from the batch's output, as in ``_squares_pass`` of
+    :mod:`.exact_diagonals`. For a chain from :func:`chain_layers`: one forward pass of the batch
+    (its output also feeds ``cotangents``) and one backward pass per ``s`` to the outputs of the
+    layers with selected parameters.
     """
     tensors = {**fixed, **state}
     offsets, o = {}, 0
@@ -216,8 +218,6 @@ def layer_squares(
         offsets[name] = (o, o + numel)
         o += numel
     selected = set(state)
-    S = W.shape[0]
-    out = torch.zeros((S, op.num_params), dtype=torch.float64, device=op.device)
     records: list[tuple[Layer, Tensors, torch.Tensor, torch.Tensor]] = []
     with torch.enable_grad():
         h = batch.inputs
@@ -239,6 +239,9 @@ def layer_squares(
             h = _forward(layer, p, x)
             records.append((layer, p, x, h))
         output = h
+    W, weights = cotangents(output.detach(), batch)
+    S = W.shape[0]
+    out = torch.zeros((S, op.num_params), dtype=torch.float64, device=op.device)
     if not records:
         return out
     outputs = [r[3] for r in records]
