@@ -49,7 +49,14 @@ from .eigen_common import (
     value_error_bounds,
 )
 from .eigsh_state import EIGSH_STATE_KIND, EIGSH_WHAT, KrylovSchurLoop, eigsh_settings
-from .lanczos_state import check_state, load_state, operator_fingerprint, save_state, tensor_digest
+from .lanczos_state import (
+    check_checkpoint_every,
+    check_state,
+    load_state,
+    operator_fingerprint,
+    save_state,
+    tensor_digest,
+)
 from .operator import LinearOperator
 from .probes import resolve_seed
 from .warm_start import WARM_TOL, resolve_warm_operator
@@ -206,12 +213,8 @@ def eigsh(
     if warm_start is not None and start is not None:
         raise ValueError("pass either start (a vector) or warm_start (an operator), not both")
     ckpt = Path(checkpoint) if checkpoint is not None and ncv < P else None
-    if ckpt is not None and (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, (int, np.integer))
-        or checkpoint_every < 1
-    ):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if ckpt is not None:
+        check_checkpoint_every(checkpoint_every)
     state = load_state(ckpt, EIGSH_STATE_KIND, EIGSH_WHAT) if ckpt and ckpt.exists() else None
     if state is not None and seed is None and start is None:
         seed = state["run"].get("seed")  # continue the recorded solve

@@ -38,6 +38,7 @@ from .basis import BASIS_KINDS, DiskBasis, LanczosBasis, default_chunk, dot64, o
 from .density import SpectralDensity
 from .lanczos_state import (
     Recurrence,
+    check_checkpoint_every,
     check_state,
     load_state,
     operator_fingerprint,
@@ -271,12 +272,8 @@ def lanczos(
         raise TypeError(f"basis_dtype must be a floating dtype, got {bdtype}")
     kind, bdev = resolve_basis(basis, basis_device, basis_dir, op.device)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, (int, np.integer))
-        or checkpoint_every < 1
-    ):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if ckpt is not None:
+        check_checkpoint_every(checkpoint_every)
     state = load_state(ckpt) if ckpt is not None and ckpt.exists() else None
 
     V0: torch.Tensor | None = None

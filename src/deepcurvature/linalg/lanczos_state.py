@@ -39,6 +39,7 @@ from .operator import DenseOperator, ScipyOperator, ShiftedOperator
 __all__ = [
     "STATE_KIND",
     "Recurrence",
+    "check_checkpoint_every",
     "check_state",
     "describe_mismatch",
     "load_state",
@@ -135,6 +136,13 @@ def describe_mismatch(saved: dict[str, Any], now: dict[str, Any], prefix: str = 
 def _short(x: Any) -> str:
     text = str(x)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_checkpoint_every(value: Any) -> int:
+    """``checkpoint_every`` of a resumable run: a positive integer, else one ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any], kind: str = STATE_KIND) -> None:
