@@ -102,3 +102,20 @@ class Vector(torch.nn.Module):
 
     def forward(self, x):
         return self.w.unsqueeze(0).expand(x.shape[0], -1)
+
+
+def seeded_float64(model, seed=0):
+    """``model`` (float64) with seeded parameters and running statistics, in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(
+                    torch.randn(m.num_features, generator=g, dtype=torch.float64) * 0.2
+                )
+                m.running_var.copy_(
+                    torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5
+                )
+    return model.eval()

@@ -88,6 +88,18 @@ def _products(rank: int, world: int, tmp: Path) -> None:
     for got, want in zip(res["dist"][1:], res["ref"][1:], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
     torch.save(res["dist"], tmp / f"algorithms_{rank}.pt")
+    # Hutchinson on a layer chain: Taylor-mode quadratic forms, one all-reduce per block
+    chain = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(DT)
+    chain_op = _operator("hessian", chain, _shard(x, y, rank, world), weight_decay=0.1)
+    chain_ref = _local("hessian", chain, to_batches(x, y), weight_decay=0.1)
+    assert chain_op.quadratic_route == "taylor"
+    W = torch.randn(chain_op.num_params, 3, dtype=DT, generator=torch.Generator().manual_seed(7))
+    before = counter.calls()
+    close(chain_op.quadratic_forms(W), (W * chain_ref.matmat(W)).sum(0))
+    assert counter.calls()[0] - before[0] == 1
+    tr_dist, tr_ref = dc.trace(chain_op, probes=6, seed=5), dc.trace(chain_ref, probes=6, seed=5)
+    assert tr_dist.route == "taylor"
+    np.testing.assert_allclose(tr_dist.samples, tr_ref.samples, rtol=1e-10, atol=1e-13)
     # a warm start in a group: every rank's first batch, reduced like any product
     warm = dc.eigsh(op, 1, tol=1e-10, seed=4, warm_start="batch", verbose=False)
     assert warm.warm_matvec > 0 and warm.converged

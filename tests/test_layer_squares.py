@@ -13,22 +13,11 @@ from torch import nn
 
 import deepcurvature as dc
 import deepcurvature.analysis.exact_diagonals as ed
+from _helpers import seeded_float64 as seeded
 from deepcurvature.analysis.layer_squares import chain_layers
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def seeded(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=DT) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=DT) + 0.5)
-    return model.eval()
 
 
 def conv2d_case():

@@ -26,121 +26,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..operators.base import CurvatureOperator
 from ..operators.batches import Batch
-from ..operators.model_state import tied_aliases
-from .piecewise_linear import PIECEWISE_LINEAR_MODULES
+from ..operators.chain import (
+    Layer,
+    batch_norm_scale,
+    chain_layers,
+    channel,
+    conv_unfold,
+    layer_forward,
+)
 
-__all__ = ["PER_SAMPLE_MODULES", "chain_layers", "layer_squares"]
+__all__ = ["chain_layers", "layer_squares"]
 
 Tensors = dict[str, torch.Tensor]
 
-#: parameter-free modules that act on each sample alone (dropout is off in curvature evaluations)
-PER_SAMPLE_MODULES: tuple[type[nn.Module], ...] = (
-    *PIECEWISE_LINEAR_MODULES,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.GELU,
-    nn.SiLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.LogSigmoid,
-    nn.Tanhshrink,
-    nn.Softsign,
-)
-_WITH_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: bytes of the per-sample weight gradients formed at once (samples are taken in chunks)
 CHUNK_BYTES = 64 * 2**20
 #: bytes of layer inputs (unfolded for convolutions) kept across a batch's backward passes
 CACHE_BYTES = 512 * 2**20
-
-
-@dataclass
-class Layer:
-    """One module of the chain: its qualified name and whether it has parameters or buffers.
-
-    ``has_params`` layers (linear, convolution, batch norm) are evaluated here with the product's
-    tensors; the others are called as they are.
-    """
-
-    name: str
-    module: nn.Module
-    has_params: bool
-
-
-def chain_layers(model: nn.Module, bn_mode: str) -> list[Layer] | None:
-    """The leaves of ``model`` in evaluation order, or ``None`` if it is not a supported chain.
-
-    Supported: nested ``nn.Sequential`` of :data:`PER_SAMPLE_MODULES` (without parameters) and of
-    ``Linear``, ``Conv1d``/``Conv2d`` (``groups=1``, zero padding of integer size) and batch norm
-    with running statistics in ``bn_mode="eval"``, each module with parameters used once and no
-    parameter shared.
-    """
-    if tied_aliases(model) or bn_mode != "eval":
-        return None
-    out: list[Layer] = []
-    seen: set[int] = set()
-
-    def visit(module: nn.Module, name: str) -> bool:
-        if isinstance(module, nn.Sequential):
-            return all(
-                visit(child, f"{name}.{key}" if name else key)
-                for key, child in module._modules.items()
-                if child is not None
-            )
-        has_params = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-        if not has_params:
-            ok = type(module) in PER_SAMPLE_MODULES
-        else:
-            ok = type(module) in _WITH_PARAMETERS and id(module) not in seen and _supported(module)
-            seen.add(id(module))
-        out.append(Layer(name, module, has_params))
-        return ok
-
-    return out if visit(model, "") else None
-
-
-def _supported(module: nn.Module) -> bool:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return (
-            module.groups == 1
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        )
-    if isinstance(module, _BatchNorm):
-        return module.running_mean is not None and module.running_var is not None
-    return True
-
-
-def _forward(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output with parameters ``p`` (``{short name: tensor}``), as in eval mode."""
-    m = layer.module
-    if isinstance(m, nn.Linear):
-        return F.linear(x, p["weight"], p.get("bias"))
-    if isinstance(m, nn.Conv1d):
-        return F.conv1d(x, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation)
-    if isinstance(m, nn.Conv2d):
-        return F.conv2d(x, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation)
-    assert isinstance(m, _BatchNorm)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - p["running_mean"].reshape(shape)) * torch.rsqrt(
-        p["running_var"].reshape(shape) + m.eps
-    )
-    if "weight" in p:
-        x_hat = x_hat * p["weight"].reshape(shape)
-    return x_hat + p["bias"].reshape(shape) if "bias" in p else x_hat
 
 
 def _layer_input(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
@@ -153,18 +61,8 @@ def _layer_input(layer: Layer, p: Tensors, x: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.Linear):
         return x.reshape(n, -1, x.shape[-1])
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        if isinstance(m, nn.Conv1d):  # as a 2-D convolution of height 1
-            x = x.unsqueeze(2)
-            kernel, dil = (1, m.kernel_size[0]), (1, m.dilation[0])
-            pad, stride = (0, m.padding[0]), (1, m.stride[0])
-        else:
-            kernel, dil, pad, stride = m.kernel_size, m.dilation, m.padding, m.stride
-        cols = F.unfold(x, kernel, dilation=dil, padding=pad, stride=stride)  # (n, C k, L)
-        return cols.transpose(1, 2)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (x - p["running_mean"].reshape(shape)) * torch.rsqrt(
-        p["running_var"].reshape(shape) + m.eps
-    )
+        return conv_unfold(m, x).transpose(1, 2)
+    return (x - channel(p["running_mean"], x)) * batch_norm_scale(m, p, x)
 
 
 def _input_numel(layer: Layer, x: torch.Tensor, out: torch.Tensor) -> int:
@@ -225,18 +123,12 @@ def layer_squares(
             if not layer.has_params:
                 h = layer.module(h)
                 continue
-            prefix = f"{layer.name}." if layer.name else ""
-            p = {
-                short: tensors[prefix + short]
-                for short, _ in layer.module.named_parameters(recurse=False)
-            }
-            for short, _ in layer.module.named_buffers(recurse=False):
-                p[short] = tensors[prefix + short]
-            if not any(prefix + k in selected for k in p):
-                h = _forward(layer, p, h)
+            p = layer.tensors(tensors)
+            if not any(layer.qualified(k) in selected for k in p):
+                h = layer_forward(layer, p, h)
                 continue
             x = h if h.requires_grad else h.detach().requires_grad_()  # the graph starts here
-            h = _forward(layer, p, x)
+            h = layer_forward(layer, p, x)
             records.append((layer, p, x, h))
         output = h
     W, weights = cotangents(output.detach(), batch)
@@ -260,13 +152,12 @@ def layer_squares(
         cots = torch.autograd.grad(output, outputs, W[s], retain_graph=s < S - 1)
         w = weights[s]
         for (layer, p, x, _), xin, g in zip(records, inputs, cots, strict=True):
-            prefix = f"{layer.name}." if layer.name else ""
             if xin is None:
                 xin = _layer_input(layer, p, x.detach())
             grads = _chunked_squares(layer, p, xin, g, w)
             del xin
             for short, sq in grads.items():
-                name = prefix + short
+                name = layer.qualified(short)
                 if name in offsets:
                     a, b = offsets[name]
                     out[s, a:b] += sq

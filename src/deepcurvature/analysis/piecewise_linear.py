@@ -27,52 +27,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..operators.chain import PIECEWISE_LINEAR_MODULES
 from ..operators.model_state import tied_aliases
 
 __all__ = ["PIECEWISE_LINEAR_MODULES", "piecewise_linear_obstacle"]
 
-#: leaf modules linear in their parameters and piecewise linear in their input (dropout is off in
-#: every curvature evaluation; batch norm only with ``bn_mode="eval"``)
-PIECEWISE_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Embedding,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.ZeroPad1d,
-    nn.ZeroPad2d,
-    nn.ZeroPad3d,
-    nn.ConstantPad1d,
-    nn.ConstantPad2d,
-    nn.ConstantPad3d,
-)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 

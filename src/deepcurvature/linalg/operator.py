@@ -145,6 +145,24 @@ class LinearOperator:
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        """``(k,)`` float64 ``v_j^T A v_j`` for the columns of ``V`` ``(P, k)``.
+
+        Hutchinson's estimator needs only these numbers; by default they come from ``matmat``,
+        and an operator that has a cheaper way (the Hessian of a layer chain: Taylor mode, see
+        :mod:`deepcurvature.operators.taylor`) overrides :meth:`_quadratic_forms`.
+        """
+        self._check(V, ndim=2)
+        return self._quadratic_forms(V)
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        return (V.double() * self.matmat(V).double()).sum(0)
+
+    @property
+    def quadratic_route(self) -> str:
+        """How :meth:`quadratic_forms` computes: ``"products"`` (from ``matmat``) by default."""
+        return "products"
+
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)
 
@@ -390,6 +408,15 @@ class ShiftedOperator(LinearOperator):
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.scale * self.op.matmat(V) + self.shift * V
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        squares = V.double().square().sum(0)
+        return self.scale * self.op.quadratic_forms(V) + self.shift * squares
+
+    @property
+    def quadratic_route(self) -> str:
+        """The wrapped operator's route."""
+        return self.op.quadratic_route
 
 
 def as_operator(

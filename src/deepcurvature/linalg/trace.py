@@ -45,14 +45,18 @@ class TraceEstimate:
         value: the estimate of ``tr(A)``.
         std_error: its standard error, from the sample of quadratic forms (``nan`` with fewer
             than two of them).
-        n_matvec: number of operator columns applied.
+        n_matvec: number of probes applied (operator columns, or quadratic forms).
         samples: ``(n,)`` float64 quadratic forms ``z^T A z`` averaged by the estimator; for
             Hutch++ those of the deflated remainder ``(I - QQ^T) A (I - QQ^T)``.
         method: ``"hutchinson"`` or ``"hutch++"``.
         probe: ``"rademacher"`` or ``"gaussian"``.
         seed: the seed of the probes.
         exact_part: Hutch++'s exactly computed ``tr(Q^T A Q)`` (0 for Hutchinson).
-        n_passes: number of ``matmat`` calls (passes over the data for a curvature operator).
+        n_passes: number of ``matmat`` (or ``quadratic_forms``) calls: passes over the data for
+            a curvature operator.
+        route: how Hutchinson's quadratic forms were computed: ``"products"`` (``z^T (A z)``) or
+            ``"taylor"`` (the Hessian of a layer chain in Taylor mode, without the products; see
+            :mod:`deepcurvature.operators.taylor`); ``"products"`` for Hutch++.
     """
 
     value: float
@@ -64,6 +68,7 @@ class TraceEstimate:
     seed: int
     exact_part: float = 0.0
     n_passes: int = 0
+    route: str = "products"
 
     def __float__(self) -> float:
         return float(self.value)
@@ -146,8 +151,13 @@ def _hutchinson_samples(
             bar.advance()
             continue
         Z = _draw(op, b - a, probe, generator)
-        AZ = _apply(op, Z, f"Hutchinson probes {a + 1}-{b}")
-        out[a:b] = (Z.double() * AZ.double()).sum(dim=0).cpu().numpy()
+        forms = op.quadratic_forms(Z.contiguous())
+        if not bool(torch.isfinite(forms).all()):
+            raise FloatingPointError(
+                "the operator returned a non-finite quadratic form (Hutchinson probes "
+                f"{a + 1}-{b}); check the operator (model, loss, data) for NaN or infinity"
+            )
+        out[a:b] = forms.cpu().numpy()
         bar.advance()
         if on_block is not None:
             on_block(out[:b])
@@ -249,6 +259,7 @@ def trace(
             probe=probe,
             seed=used_seed,
             n_passes=len(_blocks(n, block_size)),
+            route=op.quadratic_route,
         )
     return _hutchpp(op, n, probe, generator, block_size, used_seed, verbose)
 

@@ -43,8 +43,11 @@ from torch.func import grad, jvp, vjp, vmap
 
 from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
+from .chain import Layer, chain_layers
 from .compiled import compiled_hessian_product, run_compiled
 from .lean import has_lean_layers, lean_derivatives
+from .products import raise_if_not_finite
+from .taylor import taylor_quadratic_forms
 
 __all__ = ["HESSIAN_ENGINES", "HessianOperator", "hessian"]
 
@@ -72,6 +75,8 @@ class HessianOperator(CurvatureOperator):
         self.engine = engine
         self._vmap_error: str | None = None  # set when the batched products failed once
         self._lean = has_lean_layers(self.model)  # ReLU, max pooling or convolutions
+        self._chain: list[Layer] | None = None  # the layer chain of the Taylor-mode route
+        self._taylor_inputs = True  # False once a batch's inputs were not a tensor
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -97,6 +102,58 @@ class HessianOperator(CurvatureOperator):
             budget = CPU_HESSIAN_BLOCK_BYTES // max(1, self._activation_bytes)
             return max(1, min(MAX_BLOCK, budget))
         return super()._auto_block_width(leaves, fixed, batch)
+
+    # -- quadratic forms (Hutchinson) --------------------------------------------------------------
+    @property
+    def quadratic_route(self) -> str:
+        """How :meth:`quadratic_forms` computes: ``"taylor"`` or ``"products"``.
+
+        ``"taylor"``: the model is a layer chain (:func:`~.chain.chain_layers`) evaluated in Taylor
+        mode (:mod:`.taylor`, about half the work of a product per probe); else from ``matmat``.
+        """
+        if self._chain is None:
+            self._chain = chain_layers(self.model, self.bn_mode) or []
+        return "taylor" if self._chain and self._taylor_inputs else "products"
+
+    def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
+        """``(k,)`` float64 ``v_j^T H v_j``: one pass in Taylor mode for a layer chain."""
+        if self.quadratic_route != "taylor":
+            return super()._quadratic_forms(V)
+        probes = self.layout.columns_to_dict(V)
+        state, fixed = self._state()
+        tensors = self._tensors(state, fixed)
+        forms = torch.zeros(V.shape[1], dtype=torch.float64, device=self.device)
+        values: list[tuple[int, torch.Tensor]] = []
+        failure: Exception | None = None
+        n_total = 0
+        what = "Hessian quadratic form"
+        try:
+            with self._evaluation_mode(), self._bar(what) as bar:
+                for batch in self.source:
+                    if not isinstance(batch.inputs, torch.Tensor):
+                        self._taylor_inputs = False  # dict or tuple inputs: products instead
+                        break
+                    part, value = taylor_quadratic_forms(
+                        self._chain, tensors, probes, batch, self.objective
+                    )
+                    forms += part
+                    values.append((batch.index, value))
+                    n_total += batch.n
+                    bar.advance()
+            if self._taylor_inputs:
+                raise_if_not_finite(values, forms, what, lambda: None)
+        except Exception as exc:
+            if self.ranks is None:
+                raise
+            failure = exc
+        if not self._taylor_inputs:
+            return super()._quadratic_forms(V)
+        if self.ranks is not None:
+            forms, n_total = self._reduce(forms, n_total, failure, what)
+        forms = forms / n_total
+        if self.weight_decay:
+            forms = forms + self.weight_decay * V.double().square().sum(0)
+        return forms
 
     def _batch_products(
         self, blocks: list[Block], fixed: Tensors, batch: Batch
