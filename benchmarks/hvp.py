@@ -18,11 +18,14 @@ right before it in the same repeat, so slow-downs caused by other jobs largely c
 are interleaved (gradient, A, gradient, B, ...) and repeated; the table gives the median ratio and
 its spread (min-max):
 
-* HVP: ours (``dc.hessian(...).matvec``, reverse-over-reverse), ours with ``compile=True``, and a
-  plain double-backward HVP written here; on the MLP also ours with the forward-over-reverse
-  engine and a plain ``torch.func`` jvp-of-grad HVP;
+* HVP: ours (``dc.hessian(...).matvec``: for these ``nn.Sequential`` chains the products
+  written out layer by layer, ``product_route == "chain"``), ours by autograd's
+  reverse-over-reverse (``chain_route = False``: the route of any other model), ours with
+  ``compile=True``, and a plain double-backward HVP written here; on the MLP also ours with the
+  forward-over-reverse engine and a plain ``torch.func`` jvp-of-grad HVP;
 * GGN- and (empirical) Fisher-vector products (``dc.ggn(...).matvec``, ``dc.fisher``);
-* ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian, the GGN and (16) the Fisher;
+* ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian, the GGN and (16) the Fisher,
+  the Hessian (4, 16) and GGN (16) also by the autograd route;
   on the MLP also the compiled Hessian ``matmat`` (16) and GGN product;
 * the rows of issue #15 with their targets (``targets`` in the JSON, printed per setup);
 * SLQ on the MLP: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs;
@@ -200,18 +203,25 @@ def summarise(ratios: list[float], seconds: list[float]) -> dict:
 #: the rows of issue #15 (variant, what it is compared with, target in gradients per column)
 TARGETS = {
     "mlp-digits": [
-        ("HVP ours (reverse-over-reverse)", "HVP plain double backward", None),
-        ("HVP ours, compile=True", "HVP ours (reverse-over-reverse)", None),
+        ("HVP ours", "HVP plain double backward", None),
+        ("HVP ours, compile=True", "HVP ours", None),
     ],
     "cnn-bn": [
-        ("HVP ours (reverse-over-reverse)", None, 2.0),
+        ("HVP ours", None, 2.0),
         ("Hessian matmat k=16, per column", None, 1.0),
         ("Hessian matmat k=4, per column", "Hessian matmat k=16, per column", None),
         ("GGN-vector product ours", None, 1.5),
         ("GGN matmat k=16, per column", None, 1.0),
         ("Fisher-vector product ours", None, 1.5),
         ("Fisher matmat k=16, per column", None, 1.0),
-        ("HVP ours, compile=True", "HVP ours (reverse-over-reverse)", None),
+        ("HVP ours, compile=True", "HVP ours", None),
+        ("HVP ours", "HVP ours, autograd route", None),
+        (
+            "Hessian matmat k=16, per column",
+            "Hessian matmat k=16, autograd route, per column",
+            None,
+        ),
+        ("GGN matmat k=16, per column", "GGN matmat k=16, autograd route, per column", None),
     ],
 }
 
@@ -225,6 +235,8 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
     Hc = dc.hessian(model, loss_fn, data, compile=True)
     G = dc.ggn(model, loss_fn, data)
     F = dc.fisher(model, loss_fn, data)
+    Ha, Ga = dc.hessian(model, loss_fn, data), dc.ggn(model, loss_fn, data)
+    Ha.chain_route = Ga.chain_route = False  # autograd's products, for comparison
     P = H.num_params
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(P, generator=gen)
@@ -233,7 +245,7 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
     blocks = {k: torch.randn(P, k, generator=gen) for k in (4, 16)}
 
     variants: dict[str, tuple[Callable[[], object], int]] = {
-        "HVP ours (reverse-over-reverse)": (lambda: H.matvec(v), 1),
+        "HVP ours": (lambda: H.matvec(v), 1),
         "HVP plain double backward": (
             lambda: plain_double_backward_hvp(model, loss_fn, data, v_list),
             1,
@@ -246,6 +258,20 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
         "Fisher-vector product ours": (lambda: F.matvec(v), 1),
         "Fisher matmat k=16, per column": (lambda: F.matmat(blocks[16]), 16),
     }
+    if H.product_route == "chain":  # the same products by autograd (the route of other models)
+        variants["HVP ours, autograd route"] = (lambda: Ha.matvec(v), 1)
+        variants["Hessian matmat k=4, autograd route, per column"] = (
+            lambda: Ha.matmat(blocks[4]),
+            4,
+        )
+        variants["Hessian matmat k=16, autograd route, per column"] = (
+            lambda: Ha.matmat(blocks[16]),
+            16,
+        )
+        variants["GGN matmat k=16, autograd route, per column"] = (
+            lambda: Ga.matmat(blocks[16]),
+            16,
+        )
     if small:  # cheap on the MLP only
         variants["GGN matmat k=4, per column"] = (lambda: G.matmat(blocks[4]), 4)
         variants["HVP ours, forward-over-reverse engine"] = (lambda: Hf.matvec(v), 1)

@@ -35,7 +35,9 @@ Rows (peer calls as their documentation gives them):
   ``warm_start="batch"``; curvlinops
   ``HessianLinearOperator(...).to_scipy()`` with ``scipy.sparse.linalg.eigsh(k=5, which="LA")``
   (ARPACK, default tol: machine precision).
-* trace: ours Hutchinson with ``--trace-probes`` probes in blocks of ``--block`` columns; ours
+* trace: ours Hutchinson with ``--trace-probes`` probes in blocks of ``--block`` columns (on a
+  layer chain such as ``cnn-bn`` its quadratic forms are Taylor-mode, ``route: "taylor"``), the
+  same through the products ``z^T (H z)`` only (the route of any other network); ours
   Hutch++ with the budget ``--hutchpp-probes``; ours exact (``cnn-bn`` only: the network is
   piecewise linear in every parameter, so ``dc.hessian_diagonal`` is the GGN diagonal from
   per-sample Jacobians, and its sum is ``tr(H)`` with no variance); PyHessian
@@ -70,6 +72,7 @@ import torch
 from torch import nn
 
 import deepcurvature as dc
+from deepcurvature.linalg.operator import LinearOperator
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -162,7 +165,18 @@ def curvlinops_top5(peer: Any, model: nn.Module, data: list, seed: int) -> dict:
 
 def ours_hutchinson(H: Any, seed: int, probes: int, block: int) -> dict:
     t = dc.trace(H, probes, seed=seed, block_size=block, verbose=False)
-    return {"value": t.value, "std_error": t.std_error, "columns": t.n_matvec}
+    return {"value": t.value, "std_error": t.std_error, "columns": t.n_matvec, "route": t.route}
+
+
+class ProductsOnly(LinearOperator):
+    """The operator ``H`` seen through its products only: Hutchinson forms ``z^T (H z)``."""
+
+    def __init__(self, H: Any) -> None:
+        super().__init__(H.shape, H.dtype, H.device, symmetric=True)
+        self.H = H
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.H.matmat(V)
 
 
 def ours_hutchpp(H: Any, seed: int, probes: int, block: int) -> dict:
@@ -493,6 +507,9 @@ def main() -> None:
         m, b = args.trace_probes, args.block
         c = {
             f"ours Hutchinson {m} probes, blocks of {b}": lambda r: ours_hutchinson(H, r, m, b),
+            f"ours Hutchinson {m} probes by products": lambda r: ours_hutchinson(
+                ProductsOnly(H), r, m, b
+            ),
             f"ours Hutch++ {args.hutchpp_probes} products": lambda r: ours_hutchpp(
                 H, r, args.hutchpp_probes, b
             ),

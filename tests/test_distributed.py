@@ -92,11 +92,12 @@ def _products(rank: int, world: int, tmp: Path) -> None:
     chain = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(DT)
     chain_op = _operator("hessian", chain, _shard(x, y, rank, world), weight_decay=0.1)
     chain_ref = _local("hessian", chain, to_batches(x, y), weight_decay=0.1)
-    assert chain_op.quadratic_route == "taylor"
+    assert chain_op.quadratic_route == "taylor" and chain_op.product_route == "chain"
     W = torch.randn(chain_op.num_params, 3, dtype=DT, generator=torch.Generator().manual_seed(7))
     before = counter.calls()
     close(chain_op.quadratic_forms(W), (W * chain_ref.matmat(W)).sum(0))
     assert counter.calls()[0] - before[0] == 1
+    close(chain_op.matmat(W), chain_ref.matmat(W))  # products written out layer by layer
     tr_dist, tr_ref = dc.trace(chain_op, probes=6, seed=5), dc.trace(chain_ref, probes=6, seed=5)
     assert tr_dist.route == "taylor"
     np.testing.assert_allclose(tr_dist.samples, tr_ref.samples, rtol=1e-10, atol=1e-13)

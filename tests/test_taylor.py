@@ -15,8 +15,9 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 import deepcurvature as dc
-from _helpers import seeded_float64 as seeded
+from _chains import CASES, cnn_case, conv1d_case
 from deepcurvature.linalg.operator import ShiftedOperator
+from deepcurvature.operators import chain_products
 from deepcurvature.operators.chain import chain_layers
 from deepcurvature.operators.taylor import taylor_quadratic_forms
 
@@ -24,107 +25,10 @@ DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def batches(x, y, size):
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
-
-
-def cnn_case():
-    """Narrow first convolution (patches route), wide second one, in-place activations."""
-    model = nn.Sequential(
-        nn.Conv2d(2, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 4, 3, stride=2, dilation=1, padding=2, bias=False),
-        nn.BatchNorm2d(4, affine=False),
-        nn.LeakyReLU(0.1, inplace=True),
-        nn.ConstantPad2d(1, 3.0),
-        nn.AvgPool2d(2),
-        nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 2 * 2, 3)),
-    ).to(DT)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(13, 2, 8, 8, generator=g, dtype=DT)
-    return seeded(model), batches(x, torch.randint(0, 3, (13,), generator=g), 5), F.cross_entropy
-
-
-def conv1d_case():
-    """Smooth activations (second-order sources), a 1-D convolution, adaptive max pooling."""
-    model = nn.Sequential(
-        nn.Conv1d(3, 4, 3, stride=2, dilation=2, padding=1),
-        nn.BatchNorm1d(4),
-        nn.GELU(),
-        nn.AdaptiveMaxPool1d(3),
-        nn.Conv1d(4, 9, 2),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(9 * 2, 5),
-        nn.BatchNorm1d(5),
-        nn.Softplus(),
-        nn.ReLU6(),
-        nn.Linear(5, 2, bias=False),
-    ).to(DT)
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(9, 3, 11, generator=g, dtype=DT)
-    return seeded(model, 3), batches(x, torch.randn(9, 2, generator=g, dtype=DT), 4), nn.MSELoss()
-
-
-def sequence_case():
-    """Linear layers on (n, T, d) inputs, sigmoid and SiLU, a binary cross-entropy loss."""
-    model = nn.Sequential(
-        nn.Linear(4, 6), nn.SiLU(), nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 3)
-    ).to(DT)
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(10, 7, 4, generator=g, dtype=DT)
-    y = torch.rand(10, 7, 3, generator=g, dtype=DT)
-    return seeded(model, 5), batches(x, y, 6), nn.BCEWithLogitsLoss()
-
-
-def custom_loss_case():
-    """A loss without a closed form (differentiated automatically), a 2-D max pool at the end."""
-    model = nn.Sequential(
-        nn.Conv2d(1, 3, 2),
-        nn.Hardtanh(-0.5, 0.5),
-        nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(),
-        nn.Linear(3, 2),
-    ).to(DT)
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(8, 1, 5, 5, generator=g, dtype=DT)
-
-    def loss(out, y):
-        return ((out - y) ** 4).mean() + out.logsumexp(1).mean()
-
-    return seeded(model, 7), batches(x, torch.randn(8, 2, generator=g, dtype=DT), 3), loss
-
-
-def overlapping_pools_case():
-    """Max pooling with overlapping windows (a position taken twice) after batch norm and
-    smooth activations, then a second pool with ``ceil_mode``."""
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.BatchNorm2d(3),
-        nn.Tanh(),
-        nn.Dropout(0.2),
-        nn.MaxPool2d(3, stride=1, padding=1),
-        nn.Softplus(),
-        nn.BatchNorm2d(3),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Flatten(),
-        nn.Linear(3 * 3 * 3, 4),
-    ).to(DT)
-    g = torch.Generator().manual_seed(8)
-    x = torch.randn(7, 2, 5, 5, generator=g, dtype=DT)
-    return seeded(model, 9), batches(x, torch.randint(0, 4, (7,), generator=g), 4), F.cross_entropy
-
-
-CASES = {
-    "overlapping-pools": overlapping_pools_case,
-    "cnn": cnn_case,
-    "conv1d": conv1d_case,
-    "sequence": sequence_case,
-    "custom-loss": custom_loss_case,
-}
+@pytest.fixture(autouse=True)
+def autograd_products(monkeypatch):
+    """The reference products ``H z`` by autograd, not by the chain route (tested on its own)."""
+    monkeypatch.setattr(chain_products, "ENABLED", False)
 
 
 def probes(P, k, seed=0):

@@ -39,6 +39,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 
 from ..linalg.operator import LinearOperator
 from ..progress import ProgressBar
+from . import chain_products
 from .batches import Batch, BatchSource
 from .distributed import (
     Ranks,
@@ -95,6 +96,8 @@ class CurvatureOperator(BatchProducts, LinearOperator):
     """
 
     curvature = "curvature"
+    #: set to False to compute the products with autograd even for a layer chain (comparisons)
+    chain_route = True
     _bound_dicts: tuple[Tensors, Tensors] | None = None  # see _bound
 
     def __init__(
@@ -161,6 +164,7 @@ class CurvatureOperator(BatchProducts, LinearOperator):
         self._aliases = tied_aliases(model)
         self._model_state = ModelState(model, self._selected, self.device, dtype)
         self._activation_bytes: int | None = None
+        chain_products.chain_of(self)  # on the model as given, outside any evaluation context
         if bn_mode == "train" and shuffles(data):
             warnings.warn(
                 "bn_mode='train' with a shuffling DataLoader: the batch statistics change between "
@@ -351,7 +355,22 @@ class CurvatureOperator(BatchProducts, LinearOperator):
             **({"targets_key": self.targets_key} if self.targets_key is not None else {}),
             **({"world_size": self.ranks.world_size} if self.ranks is not None else {}),
             **({"compile": True} if self.compile else {}),
+            "product_route": self.product_route,
         }
+
+    @property
+    def product_route(self) -> str:
+        """How the products are computed: ``"chain"`` or ``"autograd"``.
+
+        ``"chain"``: written out layer by layer (:mod:`.chain_products`) for a layer chain, on
+        every batch whose inputs are a tensor.
+        """
+        allowed = chain_products.ENABLED and self.chain_route and self._chain_route_allowed()
+        return "chain" if allowed else "autograd"
+
+    def _chain_route_allowed(self) -> bool:
+        """Whether the products may take the chain route (a chain, no ``compile``)."""
+        return not self.compile and bool(chain_products.chain_of(self))
 
     def loss(self, *, include_weight_decay: bool = True) -> float:
         """The mean loss ``L`` over the data set, as a float.

@@ -43,7 +43,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
-from .chain import Layer, chain_layers
+from .chain_products import chain_of, operator_chain_products
 from .compiled import compiled_hessian_product, run_compiled
 from .lean import has_lean_layers, lean_derivatives
 from .products import raise_if_not_finite
@@ -75,7 +75,6 @@ class HessianOperator(CurvatureOperator):
         self.engine = engine
         self._vmap_error: str | None = None  # set when the batched products failed once
         self._lean = has_lean_layers(self.model)  # ReLU, max pooling or convolutions
-        self._chain: list[Layer] | None = None  # the layer chain of the Taylor-mode route
         self._taylor_inputs = True  # False once a batch's inputs were not a tensor
 
     @property
@@ -111,9 +110,7 @@ class HessianOperator(CurvatureOperator):
         ``"taylor"``: the model is a layer chain (:func:`~.chain.chain_layers`) evaluated in Taylor
         mode (:mod:`.taylor`, about half the work of a product per probe); else from ``matmat``.
         """
-        if self._chain is None:
-            self._chain = chain_layers(self.model, self.bn_mode) or []
-        return "taylor" if self._chain and self._taylor_inputs else "products"
+        return "taylor" if chain_of(self) and self._taylor_inputs else "products"
 
     def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
         """``(k,)`` float64 ``v_j^T H v_j``: one pass in Taylor mode for a layer chain."""
@@ -134,7 +131,7 @@ class HessianOperator(CurvatureOperator):
                         self._taylor_inputs = False  # dict or tuple inputs: products instead
                         break
                     part, value = taylor_quadratic_forms(
-                        self._chain, tensors, probes, batch, self.objective
+                        chain_of(self), tensors, probes, batch, self.objective
                     )
                     forms += part
                     values.append((batch.index, value))
@@ -160,7 +157,21 @@ class HessianOperator(CurvatureOperator):
     ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
         if self.engine == "forward" or self.compile:
             return super()._batch_products(blocks, fixed, batch)
+        chained = operator_chain_products(self, blocks, fixed, batch, self._output_hessian, True)
+        if chained is not None:
+            return chained
         return self._reverse_over_reverse(blocks, fixed, batch)
+
+    def _chain_route_allowed(self) -> bool:
+        return self.engine == "reverse" and super()._chain_route_allowed()
+
+    def _output_hessian(
+        self, out: torch.Tensor, f1: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_b H_out f1`` ``(k, n_b, ...)`` and the batch loss (the chain route's top)."""
+        with torch.no_grad():
+            value = self.objective(out, batch.targets)
+        return self.objective.hessian_product(out, batch.targets, f1) * batch.n, value
 
     def _batch_product(
         self, block: Block, fixed: Tensors, batch: Batch

@@ -17,6 +17,7 @@ import torch
 
 from .base import CurvatureOperator, Tensors
 from .batches import Batch
+from .chain_products import operator_chain_products
 from .compiled import compiled_linearised_product, run_compiled
 from .jacobian import LinearisedOutput
 from .microbatch import micro_batches, rows_are_independent
@@ -61,6 +62,15 @@ class OutputSpaceOperator(CurvatureOperator):
         rows = self._activation_rows or batch.n
         per_row = max(1, self._activation_bytes // max(1, rows))
         return max(1, CPU_BLOCK_BYTES // (block.k * per_row))
+
+    def _batch_products(
+        self, blocks: list[Block], fixed: Tensors, batch: Batch
+    ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
+        """A layer chain: every block by :mod:`.chain_products`; else block by block."""
+        chained = operator_chain_products(self, blocks, fixed, batch, self._output_weights, False)
+        if chained is not None:
+            return chained
+        return super()._batch_products(blocks, fixed, batch)
 
     def _batch_product(
         self, block: Block, fixed: Tensors, batch: Batch

@@ -1,0 +1,352 @@
+"""Hessian and output-space (GGN, Fisher) products of a layer chain, written out layer by layer.
+
+For a chain of layers (:func:`~.chain.chain_layers`) the product ``C v`` of one batch is the
+tangent of a backward pass along ``v`` (Pearlmutter's R-operator, written per layer instead of
+differentiating autograd's backward graph):
+
+1. the first-order tangents ``x1`` of every layer's input (:mod:`.chain_tangents`);
+2. at the output, ``dg_out = W(f, f1)``: ``H_out f1`` for the Hessian and the GGN, the Fisher's
+   weights for the Fisher (``_output_weights`` of the operator);
+3. backwards through every layer ``y = layer(x; w)`` with cotangent ``g_y`` (the gradient at
+   its output) and its tangent ``dg_y``:
+
+   * linear and convolution layers: ``dg_x = W^T dg_y + V^T g_y``,
+     ``dg_W = dg_y x0^T + g_y x1^T``, ``dg_b = sum dg_y``;
+   * batch norm (running statistics, ``y = gamma s (x - mean) + beta``):
+     ``dg_x = gamma s dg_y + dot gamma s g_y``, ``dg_gamma = sum dg_y x_hat + sum g_y s x1``,
+     ``dg_beta = sum dg_y``;
+   * an elementwise activation: ``dg_x = s'(x) dg_y + s''(x) x1 g_y``;
+   * any other parameter-free module (pooling, reshaping): its vector-Jacobian product.
+
+The terms with ``g_y`` are the Hessian's residual (section 3 of the paper); without them the
+recursion is ``J^T W J v``, the GGN or Fisher product. ``dg_W`` of every layer is the product's
+part for that layer's weight. Max pooling after position-wise layers is taken first (as in
+:mod:`.chain_tangents`), so batch norm and activations there work on the pooled positions only, and
+convolutions with short patches (the first layer of an image network) use matrix products with
+the unfolded input. Exact, like autograd's products (tested against them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.func import vjp, vmap
+
+from .batches import Batch
+from .chain import Layer, batch_norm_scale, chain_layers
+from .chain_tangents import (
+    TANGENT_CHUNK_BYTES,
+    Record,
+    batch_norm_tangent,
+    gather_early,
+    gathered_gradients,
+    input_tangent,
+    module_tangent,
+    needs_gradient,
+    pick,
+    record_forward,
+    stacked,
+    weight_tangent,
+)
+from .losses import OutputLoss
+
+if TYPE_CHECKING:
+    from .base import CurvatureOperator
+    from .products import Block
+
+__all__ = ["ENABLED", "chain_of", "chain_products", "operator_chain_products"]
+
+Tensors = dict[str, torch.Tensor]
+OutputWeights = Callable[[torch.Tensor, torch.Tensor, Batch], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chain_products(
+    layers: list[Layer],
+    tensors: Tensors,
+    blocks: list[Tensors],
+    batch: Batch,
+    objective: OutputLoss,
+    output_weights: OutputWeights,
+    second_order: bool,
+    chunk_bytes: int = TANGENT_CHUNK_BYTES,
+) -> tuple[list[Tensors], torch.Tensor]:
+    """The products ``n_b C_b V`` of every block of columns on one batch, and its loss.
+
+    Args:
+        layers: the chain.
+        tensors: every parameter and buffer by qualified name.
+        blocks: per block ``{name: (k, *shape)}``, the columns' parts of the selected parameters.
+        batch: one batch (inputs a tensor).
+        objective: the loss (its gradients at the layers give the Hessian's residual terms).
+        output_weights: ``(f, f1 (k, n, ...), batch) -> (W, loss)`` with ``W = n_b H_out f1``
+            (or the Fisher's weights), as the operators' ``_output_weights``.
+        second_order: add the Hessian's residual terms (the Hessian) or not (GGN, Fisher).
+        chunk_bytes: bound of a chunk's largest tangent (columns are taken in chunks).
+
+    Returns:
+        Per block ``{name: (k, *shape)}`` (the names of ``blocks``), and the batch's mean loss.
+    """
+    first = blocks[0]
+    records, output = record_forward(layers, tensors, first, batch.inputs, graph=second_order)
+    runs = gather_early(records)
+    value = None
+    if second_order:
+        value = objective(output, batch.targets)
+        inside = {id(r) for _, mids, _ in runs for r in mids}
+        wanted = [r for r in records if needs_gradient(r) and id(r) not in inside]
+        wanted += [pool for _, mids, pool in runs if any(needs_gradient(r) for r in mids)]
+        if wanted:
+            grads = torch.autograd.grad(value, [r.y0 for r in wanted])
+            for r, g in zip(wanted, grads, strict=True):
+                r.g = g * batch.n
+        for _, mids, pool in runs:
+            gathered_gradients(mids, pool)
+    out = output.detach()
+    largest = max([r.x0.numel() for r in records] + [out.numel()]) * out.element_size()
+    results = []
+    for block in blocks:
+        k = next(iter(block.values())).shape[0]
+        chunk = max(1, min(k, chunk_bytes // max(1, largest)))
+        parts: dict[str, list[torch.Tensor]] = {}
+        for a in range(0, k, chunk):
+            b = min(k, a + chunk)
+            cols = {name: t[a:b] for name, t in block.items()}
+            got, value_w = _chunk_products(records, cols, b - a, out, batch, output_weights)
+            value = value_w if value is None else value
+            for name, t in got.items():
+                parts.setdefault(name, []).append(t)
+        results.append(
+            {name: torch.cat(ts) if len(ts) > 1 else ts[0] for name, ts in parts.items()}
+        )
+    assert value is not None
+    return results, value.detach()
+
+
+def _chunk_products(
+    records: list[Record],
+    cols: Tensors,
+    k: int,
+    out: torch.Tensor,
+    batch: Batch,
+    output_weights: OutputWeights,
+) -> tuple[Tensors, torch.Tensor]:
+    """``{name: (k, *shape)}`` of one chunk of columns, and the batch loss."""
+    inputs: list[torch.Tensor | None] = []  # the tangent at each record's input
+    x1: torch.Tensor | None = None
+    for r in records:
+        inputs.append(x1)
+        if r.layer.has_params and x1 is not None and r.scale is not None and r.weights:
+            x1 = batch_norm_tangent(r, x1, cols)
+        elif r.layer.has_params:
+            y1 = None if x1 is None else input_tangent(r, x1)
+            if r.weights:
+                t = weight_tangent(r, {s: cols[q] for s, q in r.weights.items()}, k)
+                y1 = t if y1 is None else y1.add_(t)
+            x1 = y1
+        elif x1 is not None and not r.absorbed:
+            x1 = module_tangent(r, x1)
+        if r.gather is not None and x1 is not None:
+            x1 = pick(x1, r.gather.index, r.gather.pool_dims)
+    assert x1 is not None
+    dg, value = output_weights(out, x1, batch)  # (k, n, ...), n_b-scaled
+    products: Tensors = {}
+    for i in range(len(records) - 1, -1, -1):  # back to the first probed layer
+        r, x1 = records[i], inputs[i]
+        if r.gather is not None:  # the pooled positions back to the full output
+            dg = _spread(dg, r.gather, r.y0)
+        if r.layer.has_params:
+            for short, grad in _parameter_products(r, dg, x1, cols).items():
+                products[r.weights[short]] = grad
+            if i > 0 and r.tangent_in:
+                dg = _input_cotangent(r, dg, x1, cols)
+        elif not r.absorbed:
+            dg = _module_cotangent(r, dg, x1)
+        if not r.tangent_in:
+            break
+    return products, value
+
+
+def _spread(dg: torch.Tensor, pool: Record, like: torch.Tensor) -> torch.Tensor:
+    """``dg`` ``(k, n, C, *pooled)`` added into zeros ``(k, n, C, *spatial)`` at the positions.
+
+    A position taken by several windows gets their sum.
+    """
+    k, dims = dg.shape[0], pool.pool_dims
+    full = dg.new_zeros(k, *like.shape)
+    index = pool.index.flatten(-dims)
+    full.flatten(-dims).scatter_add_(-1, index.expand(k, *index.shape), dg.flatten(-dims))
+    return full
+
+
+def _parameter_products(
+    r: Record, dg: torch.Tensor, x1: torch.Tensor | None, cols: Tensors
+) -> Tensors:
+    """``{short name: (k, *shape)}``: the product's part for the layer's probed parameters."""
+    m, x0, k = r.layer.module, r.x0, dg.shape[0]
+    out: Tensors = {}
+    g = r.g if x1 is not None else None
+    if isinstance(m, nn.Linear):
+        n_in = x0.shape[-1]
+        if "weight" in r.weights:
+            dgm = dg.reshape(k, -1, dg.shape[-1])  # (k, M, out)
+            w = torch.matmul(dgm.transpose(1, 2), x0.reshape(-1, n_in))
+            if g is not None:
+                gm = g.reshape(-1, g.shape[-1])
+                w = w + torch.matmul(gm.T, x1.reshape(k, -1, n_in))
+            out["weight"] = w
+        if "bias" in r.weights:
+            out["bias"] = dg.reshape(k, -1, dg.shape[-1]).sum(1)
+        return out
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if "weight" in r.weights:
+            out["weight"] = _conv_weight_products(r, dg, g, x1)
+        if "bias" in r.weights:
+            out["bias"] = dg.sum([1, *range(3, dg.dim())])
+        return out
+    # batch norm
+    dims = [1, *range(3, dg.dim())]  # the samples and positions of (k, n, C, ...)
+    if "weight" in r.weights:
+        assert r.x_hat is not None
+        w = (dg * r.x_hat.unsqueeze(0)).sum(dims)
+        if g is not None:
+            gs = g * batch_norm_scale(m, r.p, x0)
+            w = w + (gs.unsqueeze(0) * x1).sum(dims)
+        out["weight"] = w
+    if "bias" in r.weights:
+        out["bias"] = dg.sum(dims)
+    return out
+
+
+def _conv_weight_products(
+    r: Record, dg: torch.Tensor, g: torch.Tensor | None, x1: torch.Tensor | None
+) -> torch.Tensor:
+    """``dg_j x0^T (+ g x1_j^T)`` for a convolution: ``(k, out, in, *kernel)``."""
+    m, x0, k = r.layer.module, r.x0, dg.shape[0]
+    W = r.p["weight"]
+    if r.patches is not None and g is None:
+        # (k, n, out, L) x (n, C k, L): sum over samples and positions
+        dgf = dg.flatten(3) if dg.dim() > 4 else dg.reshape(k, dg.shape[1], dg.shape[2], -1)
+        w = torch.einsum("jnol,nil->joi", dgf, r.patches)
+        return w.reshape(k, *W.shape)
+    weight_grad = (
+        torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
+    )
+    res = []
+    for j in range(k):
+        if g is not None:  # one weight gradient of the stacked pair (x0, dg_j), (x1_j, g)
+            inp, grad_out = torch.cat([x0, x1[j]]), torch.cat([dg[j], g])
+        else:
+            inp, grad_out = x0, dg[j]
+        res.append(weight_grad(inp, W.shape, grad_out, m.stride, m.padding, m.dilation))
+    return torch.stack(res)
+
+
+def _input_cotangent(
+    r: Record, dg: torch.Tensor, x1: torch.Tensor | None, cols: Tensors
+) -> torch.Tensor:
+    """``dg_x = J_x^T dg_y (+ dJ_x^T g_y)`` of a layer with parameters, ``(k, n, ...)``."""
+    m, x0, k = r.layer.module, r.x0, dg.shape[0]
+    g = r.g
+    V = cols.get(r.weights["weight"]) if "weight" in r.weights else None
+    if isinstance(m, nn.Linear):
+        W = r.p["weight"]
+        out = torch.matmul(dg, W)
+        if g is not None and V is not None:
+            out = out + torch.matmul(g.reshape(-1, g.shape[-1]), V).reshape(k, *x0.shape)
+        return out
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        input_grad = (
+            torch.nn.grad.conv1d_input if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_input
+        )
+        W = r.p["weight"]
+        size = (k * x0.shape[0], *x0.shape[1:])
+        out = input_grad(size, W, stacked(dg), m.stride, m.padding, m.dilation)
+        out = out.reshape(k, *x0.shape)
+        if g is not None and V is not None:
+            out = out + _transposed_products(m, V, g, x0)
+        return out
+    # batch norm
+    assert r.scale is not None
+    out = dg * r.scale
+    if g is not None and V is not None:
+        s = batch_norm_scale(m, r.p, x0)
+        shape = (k, 1, -1, *([1] * (x0.dim() - 2)))
+        out = out + (g * s).unsqueeze(0) * V.reshape(shape)
+    return out
+
+
+def _transposed_products(
+    m: nn.Module, V: torch.Tensor, g: torch.Tensor, x0: torch.Tensor
+) -> torch.Tensor:
+    """``V_j^T g`` for every ``j``: ``(k, n, in, *spatial)`` from one transposed convolution."""
+    k = V.shape[0]
+    input_grad = (
+        torch.nn.grad.conv1d_input if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_input
+    )
+    # weight (out, k in, *kernel) as a convolution from k * in channels to out channels
+    W = V.transpose(0, 1).reshape(V.shape[1], k * V.shape[2], *V.shape[3:])
+    size = (x0.shape[0], k * x0.shape[1], *x0.shape[2:])
+    back = input_grad(size, W, g, m.stride, m.padding, m.dilation)  # (n, k in, *spatial)
+    return back.unflatten(1, (k, x0.shape[1])).transpose(0, 1)
+
+
+def _module_cotangent(r: Record, dg: torch.Tensor, x1: torch.Tensor | None) -> torch.Tensor:
+    """``dg_x`` of a parameter-free module, ``(k, n, ...)``."""
+    if r.d1 is not None:
+        out = dg * r.d1
+        if r.d2 is not None and r.g is not None and x1 is not None:
+            out = out + (r.g * r.d2).unsqueeze(0) * x1
+        return out
+    m, x0 = r.layer.module, r.x0
+    _, pullback = vjp(m, x0)
+    return vmap(lambda t: pullback(t)[0])(dg)
+
+
+#: switch for the chain route of the products (tests and benchmarks compare it with autograd's)
+ENABLED = True
+
+
+def chain_of(op: CurvatureOperator) -> list[Layer]:
+    """The operator's model as a chain, or ``[]`` if it is not one.
+
+    Decided once, on the model as given: during a pass the evaluation context swaps some
+    ``forward`` methods (batch-norm folding), which :func:`~.chain.chain_layers` refuses.
+    """
+    chain = op.__dict__.get("_chain_layers")
+    if chain is None:
+        chain = chain_layers(op.model, op.bn_mode) or []
+        op.__dict__["_chain_layers"] = chain
+    return chain
+
+
+def operator_chain_products(
+    op: CurvatureOperator,
+    blocks: list[Block],
+    fixed: Tensors,
+    batch: Batch,
+    output_weights: OutputWeights,
+    second_order: bool,
+) -> tuple[list[list[torch.Tensor | None]], torch.Tensor] | None:
+    """:func:`chain_products` in the operators' per-batch format (see ``_batch_products``).
+
+    ``None`` when the operator's ``product_route`` is not ``"chain"`` (not a chain, ``compile``,
+    the Hessian's forward engine, :data:`ENABLED` off) or the batch's inputs are not a tensor.
+    """
+    if op.product_route != "chain" or not isinstance(batch.inputs, torch.Tensor):
+        return None
+    layers = chain_of(op)
+    tensors = op._tensors(blocks[0].state, fixed)
+    results, value = chain_products(
+        layers,
+        tensors,
+        [b.tangents for b in blocks],
+        batch,
+        op.objective,
+        output_weights,
+        second_order,
+    )
+    names = op.layout.names
+    return [[r.get(n) for n in names] for r in results], value

@@ -1,0 +1,142 @@
+"""Products of layer chains written out layer by layer (operators/chain_products.py) against
+autograd's products, in float64.
+
+Every supported layer kind and loss (the cases of ``_chains.py``), every curvature (Hessian, GGN,
+empirical and Monte Carlo Fisher), blocks of one and several columns, parameter selections and
+weight decay must give autograd's products to rounding; networks that are not chains and
+batches whose inputs are not a tensor must take autograd's route.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepcurvature as dc
+from _chains import CASES, cnn_case, conv1d_case
+from deepcurvature.operators import chain_products
+
+DT = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MATRICES = {
+    "hessian": lambda m, loss, data, **kw: dc.hessian(m, loss, data, **kw),
+    "ggn": lambda m, loss, data, **kw: dc.ggn(m, loss, data, **kw),
+    "fisher": lambda m, loss, data, **kw: dc.fisher(m, loss, data, **kw),
+    "mc-fisher": lambda m, loss, data, **kw: dc.fisher(m, loss, data, kind="mc", seed=3, **kw),
+}
+
+
+def columns(P, k, seed=0):
+    return torch.randn(P, k, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+def both_routes(monkeypatch, build, V, block_size=None):
+    """``C V`` by the chain route and by autograd (fresh operators), and the first's route."""
+    out = []
+    for enabled in (True, False):
+        monkeypatch.setattr(chain_products, "ENABLED", enabled)
+        op = build()
+        if block_size is not None:
+            op.block_size = block_size
+        out.append((op.matmat(V), op.product_route))
+    monkeypatch.setattr(chain_products, "ENABLED", True)
+    return out
+
+
+@pytest.mark.parametrize("matrix", sorted(MATRICES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_chain_products_equal_autograd(case, matrix, monkeypatch):
+    model, data, loss = CASES[case]()
+    if matrix == "mc-fisher" and case in ("custom-loss", "sequence"):
+        pytest.skip("the Monte Carlo Fisher needs a loss with a known predictive distribution")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def build():
+        return MATRICES[matrix](model, loss, data, weight_decay=0.2)
+
+    V = columns(build().shape[0], 5)
+    for block_size in (1, 2, None):
+        (chain, route), (reference, other) = both_routes(monkeypatch, build, V, block_size)
+        assert route == "chain" and other == "autograd"
+        scale = reference.abs().max()
+        torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * scale)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_parameter_selection_takes_only_the_selected_parts(monkeypatch):
+    model, data, loss = conv1d_case()
+    for params in (["4.weight"], ["8.bias", "11.weight"], ["1.weight", "7.weight"]):
+        for matrix in ("hessian", "ggn"):
+
+            def build(matrix=matrix, params=params):
+                return MATRICES[matrix](model, loss, data, params=params)
+
+            V = columns(build().shape[0], 3)
+            (chain, _), (reference, _) = both_routes(monkeypatch, build, V)
+            torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-14)
+
+
+def test_the_eigenvalues_of_the_chain_route_are_the_dense_ones():
+    model, data, loss = cnn_case()
+    H = dc.hessian(model, loss, data)
+    assert H.product_route == "chain"
+    dense = H.to_dense()
+    torch.testing.assert_close(dense, dense.T, rtol=0, atol=1e-12)
+    top = dc.eigsh(H, 2, tol=1e-10, seed=0, verbose=False)
+    want = torch.linalg.eigvalsh(dense)[-2:]
+    torch.testing.assert_close(torch.as_tensor(top.values).sort().values, want, rtol=1e-8, atol=0)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return x + torch.tanh(self.a(x))
+
+
+def test_other_networks_and_inputs_take_autograd(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=g)
+    residual = nn.Sequential(Residual(), nn.Linear(3, 3)).to(DT)
+    for matrix in ("hessian", "ggn"):
+        op = MATRICES[matrix](residual, F.cross_entropy, [(x, y)])
+        assert op.product_route == "autograd"
+    chain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3)).to(DT)
+    assert dc.hessian(chain, F.cross_entropy, [(x, y)], engine="forward").product_route == (
+        "autograd"
+    )
+    assert dc.hessian(chain, F.cross_entropy, [(x, y)], bn_mode="train").product_route == (
+        "autograd"
+    )
+    # keyword inputs: every batch goes to autograd, with the same result
+    data = [{"input": x, "labels": y}]
+
+    def build():
+        return dc.hessian(chain, F.cross_entropy, data, targets="labels")
+
+    V = columns(build().shape[0], 2)
+    (a, _), (b, _) = both_routes(monkeypatch, build, V)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("matrix", sorted(MATRICES))
+def test_weighted_losses_with_ignored_targets(matrix, monkeypatch):
+    """Class weights, an ignored class and label smoothing: not a plain mean over samples."""
+    model, data, _ = cnn_case()
+    smoothing = 0.0 if matrix == "mc-fisher" else 0.1  # (the MC Fisher refuses smoothing)
+    loss = nn.CrossEntropyLoss(
+        weight=torch.tensor([0.5, 2.0, 1.0], dtype=DT), ignore_index=1, label_smoothing=smoothing
+    )
+
+    def build():
+        return MATRICES[matrix](model, loss, data)
+
+    V = columns(build().shape[0], 4, seed=2)
+    (chain, route), (reference, _) = both_routes(monkeypatch, build, V)
+    assert route == "chain"
+    torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
