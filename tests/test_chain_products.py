@@ -19,6 +19,13 @@ from deepcurvature.operators import chain_products
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+@pytest.fixture(autouse=True)
+def every_hessian_product_by_chain(monkeypatch):
+    """The Hessian takes the chain route for wide passes only; here for every pass."""
+    monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 1)
+
+
 MATRICES = {
     "hessian": lambda m, loss, data, **kw: dc.hessian(m, loss, data, **kw),
     "ggn": lambda m, loss, data, **kw: dc.ggn(m, loss, data, **kw),
@@ -140,3 +147,26 @@ def test_weighted_losses_with_ignored_targets(matrix, monkeypatch):
     (chain, route), (reference, _) = both_routes(monkeypatch, build, V)
     assert route == "chain"
     torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+
+
+def test_the_hessian_takes_the_chain_route_for_wide_passes_only(monkeypatch):
+    model, data, loss = cnn_case()
+    monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 4)
+    calls = []
+    original = chain_products.chain_products
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chain_products, "chain_products", counted)
+    H = dc.hessian(model, loss, data)
+    H.block_size = 2
+    narrow, wide = columns(H.shape[0], 3), columns(H.shape[0], 4)
+    H.matmat(narrow)
+    assert calls == []  # 3 columns: autograd's route
+    H.matmat(wide)
+    assert calls == [2] * len(data)  # 4 columns in two blocks, one chain call per batch
+    G = dc.ggn(model, loss, data)
+    G.matvec(narrow[:, 0])
+    assert len(calls) == 2 * len(data)  # the GGN at any width

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -218,15 +219,14 @@ def record_forward(
                 p = layer.tensors(tensors)
                 weights = {s: layer.qualified(s) for s in p if layer.qualified(s) in probes}
                 record = Record(layer, p, x0, None, weights, tangent_in=started)
-                if isinstance(layer.module, _BatchNorm):
-                    _batch_norm_record(record)
-                elif _narrow(layer.module) and "weight" in weights:
+                if _narrow(layer.module) and "weight" in weights:
                     record.patches = conv_unfold(layer.module, x0)
-                if started:
-                    h = layer_forward(layer, p, h)
-                else:
-                    with torch.no_grad():
+                with torch.no_grad() if not started else nullcontext():
+                    if isinstance(layer.module, _BatchNorm):
+                        h = _batch_norm_forward(record, h)
+                    else:
                         h = layer_forward(layer, p, h)
+                if not started:
                     if weights:
                         h.requires_grad_(graph)
                         started = True
@@ -241,10 +241,11 @@ def record_forward(
             record = Record(layer, {}, x0, None, {})
             if isinstance(m, _ELEMENTWISE):
                 record.d1, record.d2 = _derivatives(m, x0)
-            elif type(m) in _MAX_POOLS:
-                record.index = _max_pool_index(m, x0)
+            if type(m) in _MAX_POOLS:  # the pooled values and their positions in one call
+                h, record.index = _max_pool_with_index(m, h)
                 record.pool_dims = _MAX_POOLS[type(m)][1]
-            h = m(h)
+            else:
+                h = m(h)
             record.y0 = h
             records.append(record)
     return records, h
@@ -263,13 +264,23 @@ def _narrow(m: nn.Module) -> bool:
     return m.in_channels * math.prod(m.kernel_size) <= NARROW_PATCH
 
 
-def _batch_norm_record(r: Record) -> None:
-    """What the tangents of a batch-norm layer reuse: its per-channel scale and ``x_hat``."""
+def _batch_norm_forward(r: Record, h: torch.Tensor) -> torch.Tensor:
+    """Batch norm's output ``gamma x_hat + beta`` in the forward pass.
+
+    Records its per-channel scale ``gamma * rsqrt(var + eps)`` and (with a probed ``gamma``)
+    ``x_hat``.
+    """
     m, p, x0 = r.layer.module, r.p, r.x0
     scale = batch_norm_scale(m, p, x0)
+    x_hat = (h - channel(p["running_mean"], h)) * scale
     if "weight" in r.weights:
-        r.x_hat = (x0 - channel(p["running_mean"], x0)) * scale
+        r.x_hat = x_hat.detach()
     r.scale = scale * channel(p["weight"], x0) if "weight" in p else scale
+    if "weight" in p and "bias" in p:
+        return torch.addcmul(channel(p["bias"], h), x_hat, channel(p["weight"], h))
+    if "weight" in p:
+        return x_hat * channel(p["weight"], h)
+    return x_hat + channel(p["bias"], h) if "bias" in p else x_hat
 
 
 def _derivatives(m: nn.Module, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,6 +288,10 @@ def _derivatives(m: nn.Module, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
     By forward mode with unit tangents (some second derivatives need autograd switched on).
     """
+    if type(m) is nn.ReLU:
+        return (x0 > 0).to(x0.dtype), None
+    if type(m) is nn.LeakyReLU:
+        return torch.where(x0 > 0, x0.new_ones(()), x0.new_full((), m.negative_slope)), None
     ones = torch.ones_like(x0)
     with torch.enable_grad():
         if not isinstance(m, SMOOTH_ELEMENTWISE_MODULES):
@@ -300,14 +315,12 @@ def _out_of_place(m: nn.Module) -> nn.Module:
     return m
 
 
-def _max_pool_index(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The positions (within the flattened spatial dimensions) that max pooling ``m`` takes."""
+def _max_pool_with_index(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max pooling ``m`` of ``x`` and the positions (in the flattened spatial dimensions) taken."""
     fn, _ = _MAX_POOLS[type(m)]
     if "Adaptive" in type(m).__name__:
-        _, index = fn(x, m.output_size, return_indices=True)
-    else:
-        _, index = fn(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-    return index
+        return fn(x, m.output_size, return_indices=True)
+    return fn(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
 
 
 def batch_norm_tangent(r: Record, x1: torch.Tensor, probes: Tensors) -> torch.Tensor:
