@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(autouse=True)
 def every_hessian_product_by_chain(monkeypatch):
-    """The Hessian takes the chain route for wide passes only; here for every pass."""
+    """The chain route is taken for passes of several columns only; here for every pass."""
     monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 1)
+    monkeypatch.setattr(chain_products, "OUTPUT_SPACE_MIN_COLUMNS", 1)
 
 
 MATRICES = {
@@ -149,7 +150,7 @@ def test_weighted_losses_with_ignored_targets(matrix, monkeypatch):
     torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
 
 
-def test_the_hessian_takes_the_chain_route_for_wide_passes_only(monkeypatch):
+def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
     model, data, loss = cnn_case()
     monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 4)
     calls = []
@@ -167,6 +168,9 @@ def test_the_hessian_takes_the_chain_route_for_wide_passes_only(monkeypatch):
     assert calls == []  # 3 columns: autograd's route
     H.matmat(wide)
     assert calls == [2] * len(data)  # 4 columns in two blocks, one chain call per batch
+    monkeypatch.setattr(chain_products, "OUTPUT_SPACE_MIN_COLUMNS", 2)
     G = dc.ggn(model, loss, data)
     G.matvec(narrow[:, 0])
-    assert len(calls) == 2 * len(data)  # the GGN at any width
+    assert len(calls) == len(data)  # one column: autograd's route
+    G.matmat(narrow[:, :2])
+    assert len(calls) == 2 * len(data)

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENABLED",
     "HESSIAN_MIN_COLUMNS",
+    "OUTPUT_SPACE_MIN_COLUMNS",
     "chain_of",
     "chain_products",
     "operator_chain_products",
@@ -362,8 +363,13 @@ ENABLED = True
 #: the Hessian takes the chain route for passes of at least this many columns: on the CNN of
 #: ``benchmarks/hvp.py`` it cost 1.16 gradients per column at 16 columns against 1.27 for
 #: autograd's reverse-over-reverse, but 2.20 against 2.07 for one column and 1.56 against 1.38
-#: at 4 (its per-batch forward and backward passes weigh more; the GGN and Fisher always take it)
+#: at 4 (its per-batch forward and backward passes weigh more)
 HESSIAN_MIN_COLUMNS = 16
+#: the GGN and Fisher take it for passes of at least this many columns: at 4 columns it cost
+#: 1.05 against 1.27 gradients per column on that CNN and 1.51 against 1.71 on the MLP of
+#: ``benchmarks/hvp.py``, at one column about the same on the CNN (1.61 against 1.57) but more
+#: on the MLP, whose millisecond batches show the route's per-batch Python work (4.6 against 3.8)
+OUTPUT_SPACE_MIN_COLUMNS = 4
 
 
 def chain_of(op: CurvatureOperator) -> list[Layer]:
