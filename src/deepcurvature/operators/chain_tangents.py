@@ -208,7 +208,7 @@ def record_forward(
     before it, which run without autograd); without ``graph`` there is none.
     """
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError("the Taylor-mode quadratic forms need batches whose inputs are a tensor")
+        raise TypeError("the chain routes need batches whose inputs are a tensor")
     records: list[Record] = []
     started = False
     h = inputs
