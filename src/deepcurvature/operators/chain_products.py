@@ -40,16 +40,12 @@ from .chain import Layer, batch_norm_scale, chain_layers
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
     Record,
-    batch_norm_tangent,
+    chunk_columns,
+    forward_tangents,
     gather_early,
-    gathered_gradients,
-    input_tangent,
-    module_tangent,
-    needs_gradient,
-    pick,
+    layer_gradients,
     record_forward,
     stacked,
-    weight_tangent,
 )
 from .losses import OutputLoss
 
@@ -98,25 +94,17 @@ def chain_products(
     """
     first = blocks[0]
     records, output = record_forward(layers, tensors, first, batch.inputs, graph=second_order)
-    runs = gather_early(records)
     value = None
     if second_order:
         value = objective(output, batch.targets)
-        inside = {id(r) for _, mids, _ in runs for r in mids}
-        wanted = [r for r in records if needs_gradient(r) and id(r) not in inside]
-        wanted += [pool for _, mids, pool in runs if any(needs_gradient(r) for r in mids)]
-        if wanted:
-            grads = torch.autograd.grad(value, [r.y0 for r in wanted])
-            for r, g in zip(wanted, grads, strict=True):
-                r.g = g * batch.n
-        for _, mids, pool in runs:
-            gathered_gradients(mids, pool)
+        layer_gradients(records, gather_early(records), value, scale=batch.n)
+    else:
+        gather_early(records)
     out = output.detach()
-    largest = max([r.x0.numel() for r in records] + [out.numel()]) * out.element_size()
     results = []
     for block in blocks:
         k = next(iter(block.values())).shape[0]
-        chunk = max(1, min(k, chunk_bytes // max(1, largest)))
+        chunk = chunk_columns(records, out, k, chunk_bytes)
         parts: dict[str, list[torch.Tensor]] = {}
         for a in range(0, k, chunk):
             b = min(k, a + chunk)
@@ -142,23 +130,9 @@ def _chunk_products(
 ) -> tuple[Tensors, torch.Tensor]:
     """``{name: (k, *shape)}`` of one chunk of columns, and the batch loss."""
     inputs: list[torch.Tensor | None] = []  # the tangent at each record's input
-    x1: torch.Tensor | None = None
-    for r in records:
-        inputs.append(x1)
-        if r.layer.has_params and x1 is not None and r.scale is not None and r.weights:
-            x1 = batch_norm_tangent(r, x1, cols)
-        elif r.layer.has_params:
-            y1 = None if x1 is None else input_tangent(r, x1)
-            if r.weights:
-                t = weight_tangent(r, {s: cols[q] for s, q in r.weights.items()}, k)
-                y1 = t if y1 is None else y1.add_(t)
-            x1 = y1
-        elif x1 is not None and not r.absorbed:
-            x1 = module_tangent(r, x1)
-        if r.gather is not None and x1 is not None:
-            x1 = pick(x1, r.gather.index, r.gather.pool_dims)
-    assert x1 is not None
-    dg, value = output_weights(out, x1, batch)  # (k, n, ...), n_b-scaled
+    f1 = forward_tangents(records, cols, k, lambda r, x1: inputs.append(x1))
+    assert f1 is not None
+    dg, value = output_weights(out, f1, batch)  # (k, n, ...), n_b-scaled
     products: Tensors = {}
     for i in range(len(records) - 1, -1, -1):  # back to the first probed layer
         r, x1 = records[i], inputs[i]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,9 +43,12 @@ __all__ = [
     "TANGENT_CHUNK_BYTES",
     "Record",
     "batch_norm_tangent",
+    "chunk_columns",
+    "forward_tangents",
     "gather_early",
     "gathered_gradients",
     "input_tangent",
+    "layer_gradients",
     "module_tangent",
     "needs_gradient",
     "pick",
@@ -423,3 +427,62 @@ def module_tangent(r: Record, x1: torch.Tensor) -> torch.Tensor:
         return x1.flatten(start, end)
     x0 = r.x0
     return vmap(lambda t: jvp(m, (x0,), (t,))[1])(x1)
+
+
+def layer_gradients(
+    records: list[Record],
+    runs: list[tuple[Record, list[Record], Record]],
+    value: torch.Tensor,
+    scale: float = 1.0,
+) -> None:
+    """Set ``r.g`` of every layer with a second-order source (:func:`needs_gradient`).
+
+    ``r.g`` is ``scale`` times the gradient of ``value`` at the layer's output, from one backward
+    pass to the activations. Layers inside a run of :func:`gather_early` get theirs in the pooled
+    positions, from the pool's gradient (:func:`gathered_gradients`).
+    """
+    inside = {id(r) for _, mids, _ in runs for r in mids}
+    wanted = [r for r in records if needs_gradient(r) and id(r) not in inside]
+    wanted += [pool for _, mids, pool in runs if any(needs_gradient(r) for r in mids)]
+    if wanted:
+        grads = torch.autograd.grad(value, [r.y0 for r in wanted])
+        for r, g in zip(wanted, grads, strict=True):
+            r.g = g * scale if scale != 1.0 else g
+    for _, mids, pool in runs:
+        gathered_gradients(mids, pool)
+
+
+def chunk_columns(records: list[Record], out: torch.Tensor, k: int, chunk_bytes: int) -> int:
+    """Columns per chunk: ``chunk x`` the largest activation (or output) within ``chunk_bytes``."""
+    largest = max([r.x0.numel() for r in records] + [out.numel()]) * out.element_size()
+    return max(1, min(k, chunk_bytes // max(1, largest)))
+
+
+def forward_tangents(
+    records: list[Record],
+    cols: Tensors,
+    k: int,
+    visit: Callable[[Record, torch.Tensor | None], None] | None = None,
+) -> torch.Tensor | None:
+    """The first-order tangent ``(k, n, ...)`` of the output for the columns ``cols``.
+
+    ``visit(r, x1)`` is called with each layer's record and the tangent of its input (``None``
+    up to the first probed layer) before the layer is applied.
+    """
+    x1: torch.Tensor | None = None
+    for r in records:
+        if visit is not None:
+            visit(r, x1)
+        if r.layer.has_params and x1 is not None and r.scale is not None and r.weights:
+            x1 = batch_norm_tangent(r, x1, cols)  # batch norm with probed parameters, fused
+        elif r.layer.has_params:
+            y1 = None if x1 is None else input_tangent(r, x1)
+            if r.weights:
+                t = weight_tangent(r, {s: cols[q] for s, q in r.weights.items()}, k)
+                y1 = t if y1 is None else y1.add_(t)
+            x1 = y1
+        elif x1 is not None and not r.absorbed:
+            x1 = module_tangent(r, x1)
+        if r.gather is not None and x1 is not None:
+            x1 = pick(x1, r.gather.index, r.gather.pool_dims)
+    return x1

@@ -42,15 +42,11 @@ from .chain import Layer, batch_norm_scale
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
     Record,
-    batch_norm_tangent,
+    chunk_columns,
+    forward_tangents,
     gather_early,
-    gathered_gradients,
-    input_tangent,
-    module_tangent,
-    needs_gradient,
-    pick,
+    layer_gradients,
     record_forward,
-    weight_tangent,
 )
 from .losses import OutputLoss
 
@@ -84,20 +80,9 @@ def taylor_quadratic_forms(
     k = next(iter(probes.values())).shape[0]
     records, output = record_forward(layers, tensors, probes, batch.inputs)
     value = objective(output, batch.targets)
-    runs = gather_early(records)
-    inside = {id(r) for _, mids, _ in runs for r in mids}
-    wanted = [r for r in records if needs_gradient(r) and id(r) not in inside]
-    wanted += [pool for _, mids, pool in runs if any(needs_gradient(r) for r in mids)]
-    if wanted:
-        grads = torch.autograd.grad(value, [r.y0 for r in wanted])
-        for r, g in zip(wanted, grads, strict=True):
-            r.g = g
-    for _, mids, pool in runs:
-        gathered_gradients(mids, pool)
+    layer_gradients(records, gather_early(records), value)
     out = output.detach()
-    largest = max((r.x0.numel() for r in records), default=out.numel())
-    largest = max(largest, out.numel()) * out.element_size()
-    chunk = max(1, min(k, chunk_bytes // max(1, largest)))
+    chunk = chunk_columns(records, out, k, chunk_bytes)
     forms = torch.zeros(k, dtype=torch.float64, device=out.device)
     for a in range(0, k, chunk):
         b = min(k, a + chunk)
@@ -116,30 +101,21 @@ def _chunk_forms(
 ) -> torch.Tensor:
     """``(k,)`` float64 ``z^T H_b z`` (of the batch's mean loss) for a chunk of probes."""
     forms = torch.zeros(k, dtype=torch.float64, device=out.device)
-    x1: torch.Tensor | None = None  # (k, n, ...): the first-order tangent of the current input
-    for r in records:
-        if r.layer.has_params and x1 is not None and r.scale is not None and r.weights:
-            if "weight" in r.weights and r.g is not None:
-                forms += 2.0 * _bilinear_source(r, x1, probes)
-            x1 = batch_norm_tangent(r, x1, probes)  # batch norm, fused
-        elif r.layer.has_params:
-            y1 = None if x1 is None else input_tangent(r, x1)
-            if r.weights:
-                t = weight_tangent(r, {s: probes[q] for s, q in r.weights.items()}, k)
-                y1 = t if y1 is None else y1.add_(t)
-                if x1 is not None and r.g is not None:
-                    forms += 2.0 * _bilinear_source(r, x1, probes)
-            x1 = y1
-        elif x1 is not None and not r.absorbed:
-            if r.d2 is not None and r.g is not None:
-                forms += ((r.g * r.d2).unsqueeze(0) * x1 * x1).flatten(1).sum(1).double()
-            x1 = module_tangent(r, x1)
-        if r.gather is not None and x1 is not None:
-            x1 = pick(x1, r.gather.index, r.gather.pool_dims)
-    if x1 is None:
+
+    def sources(r: Record, x1: torch.Tensor | None) -> None:
+        """Add the layer's second-order source, from the tangent ``x1`` of its input."""
+        if x1 is None or r.g is None:
+            return
+        if r.layer.has_params:
+            forms.add_(_bilinear_source(r, x1, probes), alpha=2.0)
+        elif r.d2 is not None and not r.absorbed:
+            forms.add_(((r.g * r.d2).unsqueeze(0) * x1 * x1).flatten(1).sum(1).double())
+
+    f1 = forward_tangents(records, probes, k, sources)
+    if f1 is None:
         return forms
-    hx = objective.hessian_product(out, batch.targets, x1)
-    return forms + (x1 * hx).flatten(1).sum(1).double()
+    hf = objective.hessian_product(out, batch.targets, f1)
+    return forms + (f1 * hf).flatten(1).sum(1).double()
 
 
 def _bilinear_source(r: Record, x1: torch.Tensor, probes: Tensors) -> torch.Tensor:
