@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepcurvature as dc
-from _chains import CASES, cnn_case, conv1d_case
+from _chains import CASES, Residual, cnn_case, conv1d_case
 from deepcurvature.operators import chain_products
 
 DT = torch.float64
@@ -95,15 +95,6 @@ def test_the_eigenvalues_of_the_chain_route_are_the_dense_ones():
     top = dc.eigsh(H, 2, tol=1e-10, seed=0, verbose=False)
     want = torch.linalg.eigvalsh(dense)[-2:]
     torch.testing.assert_close(torch.as_tensor(top.values).sort().values, want, rtol=1e-8, atol=0)
-
-
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return x + torch.tanh(self.a(x))
 
 
 def test_other_networks_and_inputs_take_autograd(monkeypatch):

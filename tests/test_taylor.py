@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 import deepcurvature as dc
-from _chains import CASES, cnn_case, conv1d_case
+from _chains import CASES, Residual, cnn_case, conv1d_case
 from deepcurvature.linalg.operator import ShiftedOperator
 from deepcurvature.operators import chain_products
 from deepcurvature.operators.chain import chain_layers
@@ -103,15 +103,6 @@ def test_chunks_of_probes_give_the_same_forms():
         assert float(value) == pytest.approx(float(loss(model(batch.inputs), batch.targets)))
 
 
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return x + torch.tanh(self.a(x))
-
-
 def test_other_networks_and_inputs_fall_back_to_products():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, generator=g, dtype=DT)
@@ -168,3 +159,12 @@ def test_a_non_finite_loss_is_named():
     )
     with pytest.raises(FloatingPointError, match="batch 1"):
         H.quadratic_forms(probes(H.shape[0], 2))
+
+
+def test_bad_probes_are_named():
+    model, data, loss = cnn_case()
+    H = dc.hessian(model, loss, data)
+    with pytest.raises(ValueError, match=r"quadratic_forms expects a tensor of shape \(P, k\)"):
+        H.quadratic_forms(torch.zeros(3, 2, dtype=DT))
+    with pytest.raises(TypeError, match="quadratic_forms got a torch.float32 tensor"):
+        H.quadratic_forms(torch.zeros(H.shape[0], 2))

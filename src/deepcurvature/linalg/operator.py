@@ -152,7 +152,7 @@ class LinearOperator:
         and an operator that has a cheaper way (the Hessian of a layer chain: Taylor mode, see
         :mod:`deepcurvature.operators.taylor`) overrides :meth:`_quadratic_forms`.
         """
-        self._check(V, ndim=2)
+        self._check(V, ndim=2, what="quadratic_forms")
         return self._quadratic_forms(V)
 
     def _quadratic_forms(self, V: torch.Tensor) -> torch.Tensor:
@@ -166,8 +166,8 @@ class LinearOperator:
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)
 
-    def _check(self, x: Any, ndim: int) -> None:
-        what = "matvec" if ndim == 1 else "matmat"
+    def _check(self, x: Any, ndim: int, what: str | None = None) -> None:
+        what = what or ("matvec" if ndim == 1 else "matmat")
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{what} takes a torch.Tensor, got {type(x).__name__}; "

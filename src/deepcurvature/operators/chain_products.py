@@ -327,8 +327,9 @@ def _module_cotangent(r: Record, dg: torch.Tensor, x1: torch.Tensor | None) -> t
         if r.d2 is not None and r.g is not None and x1 is not None:
             out = out + (r.g * r.d2).unsqueeze(0) * x1
         return out
-    m, x0 = r.layer.module, r.x0
-    _, pullback = vjp(m, x0)
+    if r.pullback is None:  # once per batch: the module is linear in its input here
+        r.pullback = vjp(r.layer.module, r.x0)[1]
+    pullback = r.pullback
     return vmap(lambda t: pullback(t)[0])(dg)
 
 
@@ -370,9 +371,14 @@ def operator_chain_products(
     """:func:`chain_products` in the operators' per-batch format (see ``_batch_products``).
 
     ``None`` when the operator's ``product_route`` is not ``"chain"`` (not a chain, ``compile``,
-    the Hessian's forward engine, :data:`ENABLED` off) or the batch's inputs are not a tensor.
+    the Hessian's forward engine, :data:`ENABLED` off), the pass has fewer columns than
+    :data:`HESSIAN_MIN_COLUMNS` (``second_order``) or :data:`OUTPUT_SPACE_MIN_COLUMNS`, or the
+    batch's inputs are not a tensor.
     """
-    if op.product_route != "chain" or not isinstance(batch.inputs, torch.Tensor):
+    minimum = HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
+    if sum(b.k for b in blocks) < minimum or op.product_route != "chain":
+        return None
+    if not isinstance(batch.inputs, torch.Tensor):
         return None
     layers = chain_of(op)
     tensors = op._tensors(blocks[0].state, fixed)

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,7 @@ class Record:
     patches: torch.Tensor | None = None  # narrow convolutions: the unfolded input (n, C k, L)
     g: torch.Tensor | None = None  # the gradient of the batch loss at its output
     tangent_in: bool = True  # whether its input has a tangent (False up to the first probed layer)
+    pullback: Any = None  # parameter-free modules: the vector-Jacobian product at x0
 
 
 def _pointwise(r: Record) -> bool:

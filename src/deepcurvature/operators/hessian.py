@@ -41,7 +41,6 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
-from . import chain_products
 from .base import MAX_BLOCK, Block, CurvatureOperator, Tensors
 from .batches import Batch
 from .chain_products import chain_of, operator_chain_products
@@ -158,12 +157,9 @@ class HessianOperator(CurvatureOperator):
     ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
         if self.engine == "forward" or self.compile:
             return super()._batch_products(blocks, fixed, batch)
-        if sum(b.k for b in blocks) >= chain_products.HESSIAN_MIN_COLUMNS:
-            chained = operator_chain_products(
-                self, blocks, fixed, batch, self._output_hessian, True
-            )
-            if chained is not None:
-                return chained
+        chained = operator_chain_products(self, blocks, fixed, batch, self._output_hessian, True)
+        if chained is not None:
+            return chained
         return self._reverse_over_reverse(blocks, fixed, batch)
 
     def _chain_route_allowed(self) -> bool:

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from . import chain_products
 from .base import CurvatureOperator, Tensors
 from .batches import Batch
 from .chain_products import operator_chain_products
@@ -68,12 +67,9 @@ class OutputSpaceOperator(CurvatureOperator):
         self, blocks: list[Block], fixed: Tensors, batch: Batch
     ) -> tuple[list[list[torch.Tensor | None]], torch.Tensor]:
         """A layer chain in passes of several columns: every block by :mod:`.chain_products`."""
-        if sum(b.k for b in blocks) >= chain_products.OUTPUT_SPACE_MIN_COLUMNS:
-            chained = operator_chain_products(
-                self, blocks, fixed, batch, self._output_weights, False
-            )
-            if chained is not None:
-                return chained
+        chained = operator_chain_products(self, blocks, fixed, batch, self._output_weights, False)
+        if chained is not None:
+            return chained
         return super()._batch_products(blocks, fixed, batch)
 
     def _batch_product(
