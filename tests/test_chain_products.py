@@ -25,6 +25,7 @@ def every_hessian_product_by_chain(monkeypatch):
     """The chain route is taken for passes of several columns only; here for every pass."""
     monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 1)
     monkeypatch.setattr(chain_products, "OUTPUT_SPACE_MIN_COLUMNS", 1)
+    monkeypatch.setattr(chain_products, "CONVOLUTION_MIN_COLUMNS", 1)
 
 
 MATRICES = {
@@ -143,7 +144,7 @@ def test_weighted_losses_with_ignored_targets(matrix, monkeypatch):
 
 def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
     model, data, loss = cnn_case()
-    monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 4)
+    monkeypatch.setattr(chain_products, "CONVOLUTION_MIN_COLUMNS", 4)
     calls = []
     original = chain_products.chain_products
 
@@ -159,9 +160,61 @@ def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
     assert calls == []  # 3 columns: autograd's route
     H.matmat(wide)
     assert calls == [2] * len(data)  # 4 columns in two blocks, one chain call per batch
-    monkeypatch.setattr(chain_products, "OUTPUT_SPACE_MIN_COLUMNS", 2)
+    monkeypatch.setattr(chain_products, "CONVOLUTION_MIN_COLUMNS", 2)
     G = dc.ggn(model, loss, data)
     G.matvec(narrow[:, 0])
     assert len(calls) == len(data)  # one column: autograd's route
     G.matmat(narrow[:, :2])
     assert len(calls) == 2 * len(data)
+    # a chain without convolutions: the thresholds of its kind
+    del calls[:]
+    mlp, data, loss = CASES["sequence"]()
+    monkeypatch.setattr(chain_products, "HESSIAN_MIN_COLUMNS", 3)
+    monkeypatch.setattr(chain_products, "OUTPUT_SPACE_MIN_COLUMNS", 2)
+    H, G = dc.hessian(mlp, loss, data), dc.ggn(mlp, loss, data)
+    V = columns(H.shape[0], 3)
+    for op, k, taken in ((H, 2, 0), (H, 3, 1), (G, 1, 0), (G, 2, 1)):
+        del calls[:]
+        op.matmat(V[:, :k])
+        assert len(calls) == taken * len(data), (op, k)
+
+
+def _pool_records(model, data):
+    """The max-pooling records of the first batch's forward pass, and the chain's records."""
+    from deepcurvature.operators.chain import chain_layers
+    from deepcurvature.operators.chain_tangents import record_forward
+
+    layers = chain_layers(model, "eval")
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    probes = dict(model.named_parameters())
+    records, _ = record_forward(layers, tensors, probes, data[0][0], graph=False)
+    return [r for r in records if r.index is not None], records
+
+
+@pytest.mark.parametrize("gamma", ["mixed signs", "a zero"])
+def test_max_pooling_is_taken_before_monotone_layers(gamma, monkeypatch):
+    """``conv -> batch norm -> ReLU -> max pool`` pools the convolution's output (times the sign
+    of batch norm's scale) and runs batch norm and ReLU on the pooled positions; a zero scale
+    (ties everywhere) and a non-monotone activation (GELU) keep the pool in its place."""
+    model, data, loss = cnn_case()
+    bn = model[1]
+    assert (bn.weight < 0).any() and (bn.weight > 0).any()  # both signs of the scale
+    if gamma == "a zero":
+        with torch.no_grad():
+            bn.weight[2] = 0.0
+    pools, records = _pool_records(model, data)
+    pooled = pools[0].x0.shape  # the pool's record: (n, 8, 4, 4) taken first, or (n, 8, 8, 8)
+    assert pooled[-1] == (4 if gamma == "mixed signs" else 8)
+    assert records[1].x0.shape[-1] == pooled[-1]  # batch norm's input
+    for matrix in ("hessian", "ggn"):
+
+        def build(matrix=matrix):
+            return MATRICES[matrix](model, loss, data)
+
+        V = columns(build().shape[0], 3, seed=4)
+        (chain, route), (reference, _) = both_routes(monkeypatch, build, V)
+        assert route == "chain"
+        torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+    gelu, _, _ = conv1d_case()  # batch norm -> GELU -> adaptive max pool
+    pools, _ = _pool_records(gelu, conv1d_case()[1])
+    assert pools[0].x0.shape[-1] > pools[0].y0.shape[-1]

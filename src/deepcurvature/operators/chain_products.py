@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .products import Block
 
 __all__ = [
+    "CONVOLUTION_MIN_COLUMNS",
     "ENABLED",
     "HESSIAN_MIN_COLUMNS",
     "OUTPUT_SPACE_MIN_COLUMNS",
@@ -170,12 +171,15 @@ def _joint_conv_backward(
     """``(W^T dg_j, dg_j x0^T)`` of a convolution in one ``convolution_backward`` per column.
 
     As the gradient pass computes them (both from one call: cheaper than two); ``None`` where
-    the separate forms apply (no probed weight, narrow patches, or a Hessian term ``g x1^T``).
+    the separate forms apply (no probed weight, narrow patches). The Hessian's terms
+    ``V^T g`` and ``g x1^T`` are added to them separately: 31 against 58 ms per column for a
+    convolution from 32 to 64 channels of 16 x 16 (128 images) than one weight gradient of the
+    stacked pairs ``(x0, dg_j), (x1_j, g)`` and two input gradients.
     """
     m = r.layer.module
     if not isinstance(m, (nn.Conv1d, nn.Conv2d)) or "weight" not in r.weights:
         return None
-    if r.patches is not None or (r.g is not None and x1 is not None):
+    if r.patches is not None:
         return None
     W, d, k = r.p["weight"], r.x0.dim() - 2, dg.shape[0]
     inputs, weights = [], []
@@ -223,7 +227,7 @@ def _parameter_products(
         return out
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if "weight" in r.weights:
-            out["weight"] = joint[1] if joint is not None else _conv_weight_products(r, dg, g, x1)
+            out["weight"] = _conv_weight_products(r, dg, g, x1, joint)
         if "bias" in r.weights:
             out["bias"] = dg.sum([1, *range(3, dg.dim())])
         return out
@@ -242,27 +246,31 @@ def _parameter_products(
 
 
 def _conv_weight_products(
-    r: Record, dg: torch.Tensor, g: torch.Tensor | None, x1: torch.Tensor | None
+    r: Record,
+    dg: torch.Tensor,
+    g: torch.Tensor | None,
+    x1: torch.Tensor | None,
+    joint: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     """``dg_j x0^T (+ g x1_j^T)`` for a convolution: ``(k, out, in, *kernel)``."""
     m, x0, k = r.layer.module, r.x0, dg.shape[0]
     W = r.p["weight"]
-    if r.patches is not None and g is None:
-        # (k, n, out, L) x (n, C k, L): sum over samples and positions
-        dgf = dg.flatten(3)  # (k, n, out, L)
-        w = torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1)  # (k, out, C k)
-        return w.reshape(k, *W.shape)
     weight_grad = (
         torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
     )
-    res = []
-    for j in range(k):
-        if g is not None:  # one weight gradient of the stacked pair (x0, dg_j), (x1_j, g)
-            inp, grad_out = torch.cat([x0, x1[j]]), torch.cat([dg[j], g])
-        else:
-            inp, grad_out = x0, dg[j]
-        res.append(weight_grad(inp, W.shape, grad_out, m.stride, m.padding, m.dilation))
-    return torch.stack(res)
+    if joint is not None:
+        w = joint[1]
+    elif r.patches is not None:
+        # (k, n, out, L) x (n, C k, L): sum over samples and positions
+        dgf = dg.flatten(3)  # (k, n, out, L)
+        w = torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1).reshape(k, *W.shape)
+    else:
+        grads = [weight_grad(x0, W.shape, dg[j], m.stride, m.padding, m.dilation) for j in range(k)]
+        w = torch.stack(grads)
+    if g is not None and x1 is not None:  # the Hessian's residual term g x1_j^T
+        for j in range(k):
+            w[j] += weight_grad(x1[j], W.shape, g, m.stride, m.padding, m.dilation)
+    return w
 
 
 def _input_cotangent(
@@ -273,8 +281,6 @@ def _input_cotangent(
     joint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``dg_x = J_x^T dg_y (+ dJ_x^T g_y)`` of a layer with parameters, ``(k, n, ...)``."""
-    if joint is not None:
-        return joint[0]
     m, x0, k = r.layer.module, r.x0, dg.shape[0]
     g = r.g
     V = cols.get(r.weights["weight"]) if "weight" in r.weights else None
@@ -288,10 +294,12 @@ def _input_cotangent(
         input_grad = (
             torch.nn.grad.conv1d_input if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_input
         )
-        W = r.p["weight"]
-        size = (k * x0.shape[0], *x0.shape[1:])
-        out = input_grad(size, W, stacked(dg), m.stride, m.padding, m.dilation)
-        out = out.reshape(k, *x0.shape)
+        if joint is not None:
+            out = joint[0]
+        else:
+            size = (k * x0.shape[0], *x0.shape[1:])
+            out = input_grad(size, r.p["weight"], stacked(dg), m.stride, m.padding, m.dilation)
+            out = out.reshape(k, *x0.shape)
         if g is not None and V is not None:
             out = out + _transposed_products(m, V, g, x0)
         return out
@@ -335,16 +343,19 @@ def _module_cotangent(r: Record, dg: torch.Tensor, x1: torch.Tensor | None) -> t
 
 #: switch for the chain route of the products (tests and benchmarks compare it with autograd's)
 ENABLED = True
-#: the Hessian takes the chain route for passes of at least this many columns: on the CNN of
-#: ``benchmarks/hvp.py`` it cost 1.16 gradients per column at 16 columns against 1.27 for
-#: autograd's reverse-over-reverse, but 2.20 against 2.07 for one column and 1.56 against 1.38
-#: at 4 (its per-batch forward and backward passes weigh more)
-HESSIAN_MIN_COLUMNS = 16
-#: the GGN and Fisher take it for passes of at least this many columns: at 4 columns it cost
-#: 1.05 against 1.27 gradients per column on that CNN and 1.51 against 1.71 on the MLP of
-#: ``benchmarks/hvp.py``, at one column about the same on the CNN (1.61 against 1.57) but more
-#: on the MLP, whose millisecond batches show the route's per-batch Python work (4.6 against 3.8)
+#: the Hessian takes the chain route for passes of at least this many columns (chains without a
+#: convolution): on the MLP of ``benchmarks/hvp.py`` 1.93 against 2.11 gradients per column for
+#: autograd's reverse-over-reverse at 4 columns, but 5.9 against 3.5 at one column, where the
+#: route's per-batch Python work outweighs its millisecond batches
+HESSIAN_MIN_COLUMNS = 4
+#: the GGN and Fisher take it for passes of at least this many columns (chains without a
+#: convolution): on that MLP 1.46 against 1.67 at 4 columns, 4.5 against 3.6 at one
 OUTPUT_SPACE_MIN_COLUMNS = 4
+#: chains with a convolution take it from this many columns (every curvature): on the CNN of
+#: ``benchmarks/hvp.py`` one GGN column cost 1.28 against 1.42 gradients, one Hessian column
+#: 2.00 against 1.99 (the convolutions outweigh the per-batch work)
+CONVOLUTION_MIN_COLUMNS = 1
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
 
 
 def chain_of(op: CurvatureOperator) -> list[Layer]:
@@ -371,16 +382,20 @@ def operator_chain_products(
     """:func:`chain_products` in the operators' per-batch format (see ``_batch_products``).
 
     ``None`` when the operator's ``product_route`` is not ``"chain"`` (not a chain, ``compile``,
-    the Hessian's forward engine, :data:`ENABLED` off), the pass has fewer columns than
-    :data:`HESSIAN_MIN_COLUMNS` (``second_order``) or :data:`OUTPUT_SPACE_MIN_COLUMNS`, or the
-    batch's inputs are not a tensor.
+    the Hessian's forward engine, :data:`ENABLED` off), the batch's inputs are not a tensor,
+    or the pass has fewer columns than :data:`CONVOLUTION_MIN_COLUMNS` (chains with a
+    convolution), :data:`HESSIAN_MIN_COLUMNS` (``second_order``) or
+    :data:`OUTPUT_SPACE_MIN_COLUMNS`.
     """
-    minimum = HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
-    if sum(b.k for b in blocks) < minimum or op.product_route != "chain":
-        return None
-    if not isinstance(batch.inputs, torch.Tensor):
+    if op.product_route != "chain" or not isinstance(batch.inputs, torch.Tensor):
         return None
     layers = chain_of(op)
+    if any(isinstance(layer.module, _CONVOLUTIONS) for layer in layers):
+        minimum = CONVOLUTION_MIN_COLUMNS
+    else:
+        minimum = HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
+    if sum(b.k for b in blocks) < minimum:
+        return None
     tensors = op._tensors(blocks[0].state, fixed)
     results, value = chain_products(
         layers,

@@ -78,6 +78,8 @@ _MAX_POOLS = {
     nn.AdaptiveMaxPool3d: (F.adaptive_max_pool3d, 3),
 }
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+#: elementwise modules increasing for every setting (the others are checked in ``_monotone``)
+_INCREASING = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SELU, nn.Softsign, nn.LogSigmoid, nn.Hardsigmoid)
 #: parameter-free modules linear in their input and acting on each sample alone: the tangent of
 #: ``k`` probes is the module applied to the ``(k * n, ...)`` stack
 _LINEAR = (
@@ -152,13 +154,14 @@ def gather_early(records: list[Record]) -> list[tuple[Record, list[Record], Reco
         mids = records[i + 1 : j]
         if i < 0 or not mids:
             continue
-        index, dims = pool.index, pool.pool_dims
-        for r in mids:
-            r.x_hat = None if r.x_hat is None else pick(r.x_hat, index, dims)
-            r.d1 = None if r.d1 is None else pick(r.d1, index, dims)
-            r.d2 = None if r.d2 is None else pick(r.d2, index, dims)
-        records[i].gather = pool
-        pool.absorbed = True
+        if not pool.absorbed:  # (already taken by the forward pass: see _pool_first)
+            index, dims = pool.index, pool.pool_dims
+            for r in mids:
+                r.x_hat = None if r.x_hat is None else pick(r.x_hat, index, dims)
+                r.d1 = None if r.d1 is None else pick(r.d1, index, dims)
+                r.d2 = None if r.d2 is None else pick(r.d2, index, dims)
+            records[i].gather = pool
+            pool.absorbed = True
         runs.append((records[i], mids, pool))
     return runs
 
@@ -211,50 +214,171 @@ def record_forward(
     """The batch's forward pass, recording each layer.
 
     The graph starts at the output of the first probed layer (no tangent reaches the layers
-    before it, which run without autograd); without ``graph`` there is none.
+    before it, which run without autograd); without ``graph`` there is none. A max pooling
+    after monotone position-wise layers is taken before them (:func:`_pool_first`).
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError("the chain routes need batches whose inputs are a tensor")
     records: list[Record] = []
-    started = False
-    h = inputs
+    state = _Forward(tensors, probes, graph)
+    h, i = inputs, 0
     with torch.enable_grad() if graph else torch.no_grad():
-        for layer in layers:
-            x0 = h.detach()
-            if layer.has_params:
-                p = layer.tensors(tensors)
-                weights = {s: layer.qualified(s) for s in p if layer.qualified(s) in probes}
-                record = Record(layer, p, x0, None, weights, tangent_in=started)
-                if _narrow(layer.module) and "weight" in weights:
-                    record.patches = conv_unfold(layer.module, x0)
-                with torch.no_grad() if not started else nullcontext():
-                    if isinstance(layer.module, _BatchNorm):
-                        h = _batch_norm_forward(record, h)
-                    else:
-                        h = layer_forward(layer, p, h)
-                if not started:
-                    if weights:
-                        h.requires_grad_(graph)
-                        started = True
-                record.y0 = h
-                records.append(record)
+        while i < len(layers):
+            record, h = state.layer(layers[i], h)
+            i += 1
+            if record is None:
                 continue
-            m = _out_of_place(layer.module)
-            if not started:
-                with torch.no_grad():
-                    h = m(h)
-                continue
-            record = Record(layer, {}, x0, None, {})
-            if isinstance(m, _ELEMENTWISE):
-                record.d1, record.d2 = _derivatives(m, x0)
-            if type(m) in _MAX_POOLS:  # the pooled values and their positions in one call
-                h, record.index = _max_pool_with_index(m, h)
-                record.pool_dims = _MAX_POOLS[type(m)][1]
-            else:
-                h = m(h)
-            record.y0 = h
             records.append(record)
+            if not _pointwise(record):
+                i, h = _pool_first(state, layers, i, record, records, h)
     return records, h
+
+
+@dataclass
+class _Forward:
+    """The forward pass's state: the tensors, the probes, and whether the graph has started."""
+
+    tensors: Tensors
+    probes: Tensors
+    graph: bool
+    started: bool = False
+
+    def layer(self, layer: Layer, h: torch.Tensor) -> tuple[Record | None, torch.Tensor]:
+        """The layer's output for input ``h``, and its record (``None`` before the graph)."""
+        x0 = h.detach()
+        if layer.has_params:
+            p = layer.tensors(self.tensors)
+            weights = {s: layer.qualified(s) for s in p if layer.qualified(s) in self.probes}
+            record = Record(layer, p, x0, None, weights, tangent_in=self.started)
+            if _narrow(layer.module) and "weight" in weights:
+                record.patches = conv_unfold(layer.module, x0)
+            with torch.no_grad() if not self.started else nullcontext():
+                if isinstance(layer.module, _BatchNorm):
+                    h = _batch_norm_forward(record, h)
+                elif record.patches is not None and not self.started:
+                    h = _patch_forward(record)  # (no gradient passes through its input)
+                else:
+                    h = layer_forward(layer, p, h)
+            if not self.started and weights:
+                h.requires_grad_(self.graph)
+                self.started = True
+            record.y0 = h
+            return record, h
+        m = _out_of_place(layer.module)
+        if not self.started:
+            with torch.no_grad():
+                return None, m(h)
+        record = Record(layer, {}, x0, None, {})
+        if isinstance(m, _ELEMENTWISE):
+            record.d1, record.d2 = _derivatives(m, x0)
+        if type(m) in _MAX_POOLS:  # the pooled values and their positions in one call
+            h, record.index = _max_pool_with_index(m, h)
+            record.pool_dims = _MAX_POOLS[type(m)][1]
+        else:
+            h = m(h)
+        record.y0 = h
+        return record, h
+
+
+def _pool_first(
+    state: _Forward,
+    layers: list[Layer],
+    i: int,
+    producer: Record,
+    records: list[Record],
+    h: torch.Tensor,
+) -> tuple[int, torch.Tensor]:
+    """Take a max pooling ``layers[j]`` before the monotone position-wise layers ``i..j-1``.
+
+    In ``conv -> batch norm -> ReLU -> max pool`` every layer between the convolution and the
+    pool is monotone in each channel (batch norm increasing where its scale is positive,
+    decreasing where it is negative), so the positions the pool takes are the maxima of the
+    convolution's output times that sign: they are found there, and batch norm and the
+    activation run on the pooled positions only (a tensor ``prod(kernel)`` times smaller), as
+    :func:`gather_early` does for the tangents. Ties the activation makes (ReLU's zeros) pick a
+    position whose derivative is zero either way. Not taken when a batch-norm scale is zero
+    (every position is then a tie with a non-zero derivative for ``gamma``).
+
+    Returns:
+        The index of the next layer and its input (unchanged when not taken).
+    """
+    j = i
+    sign: torch.Tensor | None = None
+    while j < len(layers) and _monotone(layers[j]):
+        layer = layers[j]
+        if layer.has_params:  # batch norm: the sign of its per-channel scale
+            p = layer.tensors(state.tensors)
+            scale = torch.rsqrt(p["running_var"] + layer.module.eps)
+            if "weight" in p:
+                scale = scale * p["weight"].detach()
+            s = torch.sign(scale)
+            sign = s if sign is None else sign * s
+        j += 1
+    if j == i or j == len(layers) or type(layers[j].module) not in _MAX_POOLS:
+        return i, h
+    flip = None
+    if sign is not None:
+        if not bool((sign != 0).all()):
+            return i, h
+        if bool((sign < 0).any()):
+            flip = channel(sign.to(h.dtype), h)
+    m, dims = layers[j].module, _MAX_POOLS[type(layers[j].module)][1]
+    with torch.no_grad():
+        values, index = _max_pool_with_index(m, h if flip is None else h * flip)
+    if h.requires_grad:  # a gather: its backward is cheaper than the pool's (7.5 against 2 ms)
+        pooled = pick(h, index, dims)
+    else:
+        pooled = values if flip is None else values * flip
+    for layer in layers[i:j]:
+        record, pooled = state.layer(layer, pooled)
+        assert record is not None
+        records.append(record)
+    pool = Record(layers[j], {}, pooled.detach(), pooled, {}, index=index, absorbed=True)
+    pool.pool_dims = dims
+    producer.gather = pool
+    records.append(pool)
+    return j + 1, pooled
+
+
+def _monotone(layer: Layer) -> bool:
+    """Whether a layer is position-wise and monotone in each channel (see :func:`_pool_first`)."""
+    m = layer.module
+    if layer.has_params:
+        return isinstance(m, _BatchNorm)
+    if isinstance(m, _IDENTITIES + _INCREASING):
+        return True
+    if isinstance(m, nn.LeakyReLU):
+        return m.negative_slope >= 0
+    if isinstance(m, nn.Hardtanh):  # ReLU6 included
+        return m.min_val <= m.max_val
+    if isinstance(m, (nn.ELU, nn.CELU)):
+        return m.alpha >= 0
+    if isinstance(m, nn.Softplus):
+        return m.beta > 0
+    return False
+
+
+def _patch_forward(r: Record) -> torch.Tensor:
+    """A narrow convolution's output ``W x0 + b`` as a matrix product with its patches.
+
+    1 against 10 ms (3 to 32 channels, 3 x 3 kernels, 128 images of 32 x 32).
+    """
+    assert r.patches is not None
+    m, W = r.layer.module, r.p["weight"]
+    y = torch.matmul(W.reshape(W.shape[0], -1), r.patches)  # (n, out, L)
+    if "bias" in r.p:
+        y.add_(r.p["bias"].unsqueeze(-1))
+    return y.reshape(r.x0.shape[0], W.shape[0], *_conv_output_shape(m, r.x0))
+
+
+def _conv_output_shape(m: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """The spatial shape of convolution ``m``'s output for input ``x``."""
+    return tuple(
+        (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+        for size, pad, dil, kernel, stride in zip(
+            x.shape[2:], m.padding, m.dilation, m.kernel_size, m.stride, strict=True
+        )
+    )
 
 
 def _narrow(m: nn.Module) -> bool:
@@ -322,11 +446,23 @@ def _out_of_place(m: nn.Module) -> nn.Module:
 
 
 def _max_pool_with_index(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max pooling ``m`` of ``x`` and the positions (in the flattened spatial dimensions) taken."""
+    """Max pooling ``m`` of ``x`` and the positions (in the flattened spatial dimensions) taken.
+
+    2-D pooling on CPU runs in the channels-last layout: 9 against 20 ms for a batch of 128 x 32
+    channels of 32 x 32 and 2 x 2 windows (4 against 10 ms at 64 x 16 x 16), layout changes
+    included, with the same values and positions (ties too).
+    """
     fn, _ = _MAX_POOLS[type(m)]
+    channels_last = x.dim() == 4 and x.device.type == "cpu"
+    if channels_last:  # 2 to 3 times faster on CPU (same values and positions), see docstring
+        x = x.contiguous(memory_format=torch.channels_last)
     if "Adaptive" in type(m).__name__:
-        return fn(x, m.output_size, return_indices=True)
-    return fn(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        y, index = fn(x, m.output_size, return_indices=True)
+    else:
+        y, index = fn(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+    if channels_last:
+        y, index = y.contiguous(), index.contiguous()
+    return y, index
 
 
 def batch_norm_tangent(r: Record, x1: torch.Tensor, probes: Tensors) -> torch.Tensor:
@@ -387,17 +523,13 @@ def weight_tangent(r: Record, parts: Tensors, k: int) -> torch.Tensor:
                 y = y.reshape(x0.shape[0], k * V.shape[1], *r.y0.shape[2:])
             else:
                 y = conv(x0, V.reshape(-1, *V.shape[2:]), None, m.stride, m.padding, m.dilation)
-            y = y.unflatten(1, (k, V.shape[1])).transpose(0, 1)  # (k, n, out, *spatial)
-        if "bias" in parts:
-            b = parts["bias"].reshape(k, 1, -1, *([1] * (x0.dim() - 2)))
-            if y is None:
-                w = r.p["weight"]
-                spatial = r.y0.shape[2:] if r.y0 is not None else x0.shape[2:]
-                y = b.expand(k, x0.shape[0], w.shape[0], *spatial)
-            else:
-                y = y + b
-        assert y is not None
-        return y.contiguous()
+            if "bias" in parts:  # in place, in the (n, k out, ...) layout
+                y.add_(parts["bias"].reshape(1, -1, *([1] * (x0.dim() - 2))))
+            return y.unflatten(1, (k, V.shape[1])).transpose(0, 1)  # (k, n, out, *spatial)
+        assert "bias" in parts
+        b = parts["bias"].reshape(k, 1, -1, *([1] * (x0.dim() - 2)))
+        spatial = r.y0.shape[2:] if r.y0 is not None else x0.shape[2:]
+        return b.expand(k, x0.shape[0], r.p["weight"].shape[0], *spatial)
     # batch norm: gamma x_hat + beta, per channel
     shape = (k, 1, -1, *([1] * (x0.dim() - 2)))
     if "weight" in parts:
@@ -456,7 +588,8 @@ def layer_gradients(
 
 def chunk_columns(records: list[Record], out: torch.Tensor, k: int, chunk_bytes: int) -> int:
     """Columns per chunk: ``chunk x`` the largest activation (or output) within ``chunk_bytes``."""
-    largest = max([r.x0.numel() for r in records] + [out.numel()]) * out.element_size()
+    sizes = [r.x0.numel() for r in records] + [r.y0.numel() for r in records if r.y0 is not None]
+    largest = max([*sizes, out.numel()]) * out.element_size()
     return max(1, min(k, chunk_bytes // max(1, largest)))
 
 
@@ -487,4 +620,6 @@ def forward_tangents(
             x1 = module_tangent(r, x1)
         if r.gather is not None and x1 is not None:
             x1 = pick(x1, r.gather.index, r.gather.pool_dims)
+        elif x1 is not None:
+            x1 = x1.contiguous()  # (a weight tangent alone may be a transposed view)
     return x1
