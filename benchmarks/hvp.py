@@ -23,6 +23,9 @@ its spread (min-max):
   reverse-over-reverse (``chain_route = False``: the route of any other model), ours with
   ``compile=True``, and a plain double-backward HVP written here; on the MLP also ours with the
   forward-over-reverse engine and a plain ``torch.func`` jvp-of-grad HVP;
+* on chains, the Hessian's one-column and 4-column products of an operator with
+  ``cache="forward"`` (each batch's forward pass kept after the first product, which the
+  warm-up runs: the products of a Lanczos run after its first step);
 * GGN- and (empirical) Fisher-vector products (``dc.ggn(...).matvec``, ``dc.fisher``);
 * ``matmat`` with 4 and 16 columns, time PER COLUMN, for the Hessian, the GGN and (16) the Fisher,
   the Hessian (4, 16) and GGN (16) also by the autograd route;
@@ -271,6 +274,13 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
         variants["GGN matmat k=16, autograd route, per column"] = (
             lambda: Ga.matmat(blocks[16]),
             16,
+        )
+        # each batch's forward pass kept after the first product (the warm-up builds it)
+        Hk = dc.hessian(model, loss_fn, data, cache="forward")
+        variants['HVP ours, cache="forward"'] = (lambda: Hk.matvec(v), 1)
+        variants['Hessian matmat k=4, cache="forward", per column'] = (
+            lambda: Hk.matmat(blocks[4]),
+            4,
         )
     if small:  # cheap on the MLP only
         variants["GGN matmat k=4, per column"] = (lambda: G.matmat(blocks[4]), 4)

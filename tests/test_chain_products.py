@@ -218,3 +218,41 @@ def test_max_pooling_is_taken_before_monotone_layers(gamma, monkeypatch):
     gelu, _, _ = conv1d_case()  # batch norm -> GELU -> adaptive max pool
     pools, _ = _pool_records(gelu, conv1d_case()[1])
     assert pools[0].x0.shape[-1] > pools[0].y0.shape[-1]
+
+
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "fisher"])
+def test_a_kept_forward_pass_gives_the_same_products_until_the_model_changes(matrix, monkeypatch):
+    """``cache="forward"``: the second and later products reuse each batch's forward pass;
+    a parameter changed in place is seen at the next product."""
+    model, data, loss = cnn_case()
+    forwards = []
+    original = chain_products.record_forward
+
+    def counted(*args, **kwargs):
+        forwards.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chain_products, "record_forward", counted)
+    kept = MATRICES[matrix](model, loss, data, cache="forward")
+    V = columns(kept.shape[0], 3, seed=5)
+    first = kept.matmat(V)
+    assert len(forwards) == len(data)
+    for _ in range(2):
+        torch.testing.assert_close(kept.matmat(V), first, rtol=0, atol=0)
+        torch.testing.assert_close(kept.matvec(V[:, 1]), first[:, 1], rtol=1e-12, atol=1e-13)
+    assert len(forwards) == len(data)  # kept: no forward pass after the first product
+    reference = MATRICES[matrix](model, loss, data).matmat(V)
+    torch.testing.assert_close(first, reference, rtol=1e-12, atol=1e-13 * reference.abs().max())
+    with torch.no_grad():
+        model[4].weight.mul_(1.5)  # in place: the operator must see it
+    changed = kept.matmat(V)
+    assert len(forwards) == 3 * len(data)  # (the uncached reference and the changed model)
+    fresh = MATRICES[matrix](model, loss, data).matmat(V)
+    torch.testing.assert_close(changed, fresh, rtol=1e-12, atol=1e-13 * fresh.abs().max())
+    assert not torch.allclose(changed, first)
+
+
+def test_the_cache_argument_is_checked():
+    model, data, loss = cnn_case()
+    with pytest.raises(ValueError, match="cache must be False, True .* or 'forward'"):
+        dc.hessian(model, loss, data, cache="activations")

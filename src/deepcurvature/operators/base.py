@@ -84,8 +84,11 @@ class CurvatureOperator(BatchProducts, LinearOperator):
         weight_decay: ``lam >= 0``; adds ``lam * I``, the Hessian of ``lam / 2 * ||theta||^2``.
         dtype: evaluation dtype (default: the model's); float64 evaluates a converted copy.
         device: evaluation device (default: the model's).
-        cache: keep the prepared batches on the device after the first pass (memory: the whole
-            data set in ``dtype`` on ``device``).
+        cache: ``True`` keeps the prepared batches on the device after the first pass (memory:
+            the whole data set in ``dtype`` on ``device``); ``"forward"`` also keeps each
+            batch's forward pass for the chain route of the products (:mod:`.chain_products`;
+            memory: about the activations of a gradient pass, for every batch), so that later
+            products skip it while the model is unchanged.
         verbose: show a progress bar over the batches during each product.
         targets: ``None`` (batches are pairs ``(inputs, targets)``) or the key of the targets in
             dict batches (e.g. ``"labels"``): the model is called with the other keys as keyword
@@ -111,7 +114,7 @@ class CurvatureOperator(BatchProducts, LinearOperator):
         weight_decay: float = 0.0,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-        cache: bool = False,
+        cache: bool | str = False,
         verbose: bool = False,
         targets: str | None = None,
         compile: bool = False,
@@ -151,7 +154,12 @@ class CurvatureOperator(BatchProducts, LinearOperator):
         self.model = model
         self.objective = OutputLoss(loss_fn)
         self.loss_fn = loss_fn
-        self.source = BatchSource(data, self.device, dtype, cache=cache, targets_key=targets)
+        if cache not in (False, True, "forward"):
+            raise ValueError(
+                f"cache must be False, True (keep the batches) or 'forward' (also keep each "
+                f"batch's forward pass), got {cache!r}"
+            )
+        self.source = BatchSource(data, self.device, dtype, cache=bool(cache), targets_key=targets)
         self.targets_key = targets
         self.data = data
         self.bn_mode = bn_mode

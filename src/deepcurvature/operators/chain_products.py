@@ -29,6 +29,7 @@ the unfolded input. Exact, like autograd's products (tested against them).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -76,6 +77,7 @@ def chain_products(
     output_weights: OutputWeights,
     second_order: bool,
     chunk_bytes: int = TANGENT_CHUNK_BYTES,
+    prepared: Prepared | None = None,
 ) -> tuple[list[Tensors], torch.Tensor]:
     """The products ``n_b C_b V`` of every block of columns on one batch, and its loss.
 
@@ -89,19 +91,14 @@ def chain_products(
             (or the Fisher's weights), as the operators' ``_output_weights``.
         second_order: add the Hessian's residual terms (the Hessian) or not (GGN, Fisher).
         chunk_bytes: bound of a chunk's largest tangent (columns are taken in chunks).
+        prepared: the batch's forward pass from :func:`prepare_forward` (``None``: run it).
 
     Returns:
         Per block ``{name: (k, *shape)}`` (the names of ``blocks``), and the batch's mean loss.
     """
-    first = blocks[0]
-    records, output = record_forward(layers, tensors, first, batch.inputs, graph=second_order)
-    value = None
-    if second_order:
-        value = objective(output, batch.targets)
-        layer_gradients(records, gather_early(records), value, scale=batch.n)
-    else:
-        gather_early(records)
-    out = output.detach()
+    if prepared is None:
+        prepared = prepare_forward(layers, tensors, blocks[0], batch, objective, second_order)
+    records, out, value = prepared.records, prepared.output, prepared.value
     results = []
     for block in blocks:
         k = next(iter(block.values())).shape[0]
@@ -119,6 +116,43 @@ def chain_products(
         )
     assert value is not None
     return results, value.detach()
+
+
+@dataclass
+class Prepared:
+    """A batch's forward pass (and the Hessian's backward pass to the activations)."""
+
+    records: list[Record]
+    output: torch.Tensor  # the network's output (detached)
+    value: torch.Tensor | None  # the batch's mean loss (the Hessian's; None for GGN and Fisher)
+
+
+def prepare_forward(
+    layers: list[Layer],
+    tensors: Tensors,
+    probes: Tensors,
+    batch: Batch,
+    objective: OutputLoss,
+    second_order: bool,
+    detach: bool = False,
+) -> Prepared:
+    """What every column of a batch shares: its recorded forward pass.
+
+    For the Hessian (``second_order``) also the gradients at the layers' outputs. ``detach``
+    drops the autograd graph afterwards (for keeping it between products).
+    """
+    records, output = record_forward(layers, tensors, probes, batch.inputs, graph=second_order)
+    value = None
+    if second_order:
+        value = objective(output, batch.targets)
+        layer_gradients(records, gather_early(records), value, scale=batch.n)
+        value = value.detach()
+    else:
+        gather_early(records)
+    if detach:
+        for r in records:
+            r.y0 = None if r.y0 is None else r.y0.detach()
+    return Prepared(records, output.detach(), value)
 
 
 def _chunk_products(
@@ -397,6 +431,9 @@ def operator_chain_products(
     if sum(b.k for b in blocks) < minimum:
         return None
     tensors = op._tensors(blocks[0].state, fixed)
+    prepared = None
+    if op.cache == "forward":
+        prepared = _kept_forward(op, layers, tensors, blocks[0], fixed, batch, second_order)
     results, value = chain_products(
         layers,
         tensors,
@@ -405,6 +442,35 @@ def operator_chain_products(
         op.objective,
         output_weights,
         second_order,
+        prepared=prepared,
     )
     names = op.layout.names
     return [[r.get(n) for n in names] for r in results], value
+
+
+def _kept_forward(
+    op: CurvatureOperator,
+    layers: list[Layer],
+    tensors: Tensors,
+    block: Block,
+    fixed: Tensors,
+    batch: Batch,
+    second_order: bool,
+) -> Prepared:
+    """The batch's :class:`Prepared` forward pass, kept on the operator (``cache="forward"``).
+
+    Valid while the batch (the operator keeps its batches with this cache) and the parameters
+    (the same copies of ``ModelState`` while no parameter or buffer changed) are the same:
+    the entry holds both and is compared by identity, so neither can be replaced unnoticed.
+    """
+    kept: dict[int, tuple[Batch, Tensors, Tensors, Prepared]] = op.__dict__.setdefault(
+        "_kept_forwards", {}
+    )
+    entry = kept.get(batch.index)
+    if entry is not None and entry[0] is batch and entry[1] is block.state and entry[2] is fixed:
+        return entry[3]
+    prepared = prepare_forward(
+        layers, tensors, block.tangents, batch, op.objective, second_order, detach=True
+    )
+    kept[batch.index] = (batch, block.state, fixed, prepared)
+    return prepared

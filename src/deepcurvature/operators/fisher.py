@@ -173,7 +173,7 @@ def fisher(
     weight_decay: float = 0.0,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    cache: bool = False,
+    cache: bool | str = False,
     verbose: bool = False,
     targets: str | None = None,
     compile: bool = False,

@@ -312,7 +312,7 @@ def hessian(
     weight_decay: float = 0.0,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    cache: bool = False,
+    cache: bool | str = False,
     verbose: bool = False,
     engine: str = "reverse",
     targets: str | None = None,
@@ -339,7 +339,9 @@ def hessian(
         dtype: evaluation dtype; ``torch.float64`` evaluates a float64 copy of the model state and
             of the floating inputs. Default: the model's.
         device: evaluation device (default: the model's).
-        cache: keep the batches on the device after the first pass (memory: the data set).
+        cache: keep the batches on the device after the first pass (memory: the data set);
+            ``"forward"`` also keeps each batch's forward pass for the chain route (see
+            :class:`~.base.CurvatureOperator`).
         verbose: progress bar over the batches at each product.
         engine: ``"reverse"`` (reverse-over-reverse, the default: fastest in ``benchmarks/hvp.py``
             and works for every twice-differentiable op) or ``"forward"`` (forward-over-reverse
