@@ -87,6 +87,22 @@ def test_a_parameter_selection_takes_only_the_selected_parts(monkeypatch):
             torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("params", [["4.weight"], ["1.weight", "9.2.bias"], ["0.bias"]])
+def test_parameter_selections_of_an_image_network(params, monkeypatch):
+    """Layers before the first probed one run without tangents (no pooling taken first there);
+    from a probed convolution on, max pooling is taken before batch norm and ReLU."""
+    model, data, loss = cnn_case()
+    for matrix in ("hessian", "ggn"):
+
+        def build(matrix=matrix):
+            return MATRICES[matrix](model, loss, data, params=params)
+
+        V = columns(build().shape[0], 3, seed=6)
+        (chain, route), (reference, _) = both_routes(monkeypatch, build, V)
+        assert route == "chain"
+        torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+
+
 def test_the_eigenvalues_of_the_chain_route_are_the_dense_ones():
     model, data, loss = cnn_case()
     H = dc.hessian(model, loss, data)

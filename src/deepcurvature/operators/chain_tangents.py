@@ -229,7 +229,7 @@ def record_forward(
             if record is None:
                 continue
             records.append(record)
-            if not _pointwise(record):
+            if state.started and not _pointwise(record):
                 i, h = _pool_first(state, layers, i, record, records, h)
     return records, h
 
