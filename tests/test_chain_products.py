@@ -198,7 +198,7 @@ def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
 def _pool_records(model, data):
     """The max-pooling records of the first batch's forward pass, and the chain's records."""
     from deepcurvature.operators.chain import chain_layers
-    from deepcurvature.operators.chain_tangents import record_forward
+    from deepcurvature.operators.chain_forward import record_forward
 
     layers = chain_layers(model, "eval")
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}

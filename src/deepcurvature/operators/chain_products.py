@@ -38,14 +38,13 @@ from torch.func import vjp, vmap
 
 from .batches import Batch
 from .chain import Layer, batch_norm_scale, chain_layers
+from .chain_forward import Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
-    Record,
     chunk_columns,
     forward_tangents,
     gather_early,
     layer_gradients,
-    record_forward,
     stacked,
 )
 from .losses import OutputLoss

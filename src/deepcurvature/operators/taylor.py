@@ -39,14 +39,13 @@ from torch import nn
 
 from .batches import Batch
 from .chain import Layer, batch_norm_scale
+from .chain_forward import Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
-    Record,
     chunk_columns,
     forward_tangents,
     gather_early,
     layer_gradients,
-    record_forward,
 )
 from .losses import OutputLoss
 
