@@ -31,6 +31,7 @@ __all__ = [
     "SMOOTH_ELEMENTWISE_MODULES",
     "Layer",
     "chain_layers",
+    "conv_backward",
     "conv_unfold",
     "layer_forward",
 ]
@@ -203,6 +204,34 @@ def channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def batch_norm_scale(m: nn.Module, p: Tensors, like: torch.Tensor) -> torch.Tensor:
     """``rsqrt(running_var + eps)`` of batch norm ``m``, shaped to broadcast against ``like``."""
     return channel(torch.rsqrt(p["running_var"] + m.eps), like)
+
+
+def conv_backward(
+    m: nn.Conv1d | nn.Conv2d,
+    grad_output: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    input_grad: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(W^T g, g x^T)`` of convolution ``m`` with weight ``W`` at input ``x`` ``(n, C, ...)``.
+
+    The gradients with respect to the input (``None`` without ``input_grad``) and the weight for
+    the output gradient ``g``, from one ``convolution_backward`` call (as a gradient pass).
+    """
+    gi, gw, _ = torch.ops.aten.convolution_backward(
+        grad_output,
+        x,
+        weight,
+        None,
+        m.stride,
+        m.padding,
+        m.dilation,
+        False,
+        [0] * (x.dim() - 2),
+        1,
+        [input_grad, True, False],
+    )
+    return gi, gw
 
 
 def conv_unfold(m: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

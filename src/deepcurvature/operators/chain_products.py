@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import vjp, vmap
 
 from .batches import Batch
-from .chain import Layer, batch_norm_scale, chain_layers
+from .chain import Layer, batch_norm_scale, chain_layers, conv_backward
 from .chain_forward import Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
@@ -214,22 +214,10 @@ def _joint_conv_backward(
         return None
     if r.patches is not None:
         return None
-    W, d, k = r.p["weight"], r.x0.dim() - 2, dg.shape[0]
+    W, k = r.p["weight"], dg.shape[0]
     inputs, weights = [], []
     for j in range(k):
-        gi, gw, _ = torch.ops.aten.convolution_backward(
-            dg[j],
-            r.x0,
-            W,
-            None,
-            m.stride,
-            m.padding,
-            m.dilation,
-            False,
-            [0] * d,
-            1,
-            [True, True, False],
-        )
+        gi, gw = conv_backward(m, dg[j], r.x0, W)
         inputs.append(gi)
         weights.append(gw)
     return torch.stack(inputs), torch.stack(weights)
@@ -288,9 +276,6 @@ def _conv_weight_products(
     """``dg_j x0^T (+ g x1_j^T)`` for a convolution: ``(k, out, in, *kernel)``."""
     m, x0, k = r.layer.module, r.x0, dg.shape[0]
     W = r.p["weight"]
-    weight_grad = (
-        torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
-    )
     if joint is not None:
         w = joint[1]
     elif r.patches is not None:
@@ -298,11 +283,10 @@ def _conv_weight_products(
         dgf = dg.flatten(3)  # (k, n, out, L)
         w = torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1).reshape(k, *W.shape)
     else:
-        grads = [weight_grad(x0, W.shape, dg[j], m.stride, m.padding, m.dilation) for j in range(k)]
-        w = torch.stack(grads)
+        w = torch.stack([conv_backward(m, dg[j], x0, W, input_grad=False)[1] for j in range(k)])
     if g is not None and x1 is not None:  # the Hessian's residual term g x1_j^T
         for j in range(k):
-            w[j] += weight_grad(x1[j], W.shape, g, m.stride, m.padding, m.dilation)
+            w[j] += conv_backward(m, g, x1[j], W, input_grad=False)[1]
     return w
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .batches import Batch
-from .chain import Layer, batch_norm_scale
+from .chain import Layer, batch_norm_scale, conv_backward
 from .chain_forward import Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
@@ -132,22 +132,9 @@ def _bilinear_source(r: Record, x1: torch.Tensor, probes: Tensors) -> torch.Tens
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         # <g, conv(x1_j, V_j)> = <V_j, dL/dW of conv(x1_j, W) with output gradient g>: one
         # weight gradient per probe (its input is the probe's tangent), no tensor of x1's size
-        d = x1.dim() - 3
         forms = torch.empty(k, dtype=torch.float64, device=x1.device)
         for j in range(k):
-            dw = torch.ops.aten.convolution_backward(
-                g,
-                x1[j],
-                V[j],
-                None,
-                m.stride,
-                m.padding,
-                m.dilation,
-                False,
-                [0] * d,
-                1,
-                [False, True, False],
-            )[1]
+            dw = conv_backward(m, g, x1[j], V[j], input_grad=False)[1]
             forms[j] = torch.vdot(dw.reshape(-1), V[j].reshape(-1)).double()
         return forms
     # batch norm: <g, gamma_dot * scale * x1> per channel
