@@ -279,3 +279,72 @@ def test_jvp_through_batchnorm_in_training_mode():
     out, jv = jvp(lambda p: functional_call(model, p, (x,)), (params,), (tangent,))
     torch.testing.assert_close(out, expected)
     assert torch.isfinite(jv).all() and jv.abs().sum() > 0
+
+
+CHAIN_MODELS = {  # registry models that are nn.Sequential chains, at small sizes
+    "mlp": {"hidden": (6, 5), "activation": "tanh"},
+    "cnn": {"width": 3, "blocks": 2},
+    "AllCNN": {"width": 2, "batch_norm": True},
+    "VGG11BN": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAIN_MODELS))
+def test_registry_chains_take_the_chain_route_with_the_same_products(name):
+    """MLP, CNN, All-CNN and VGG are ``nn.Sequential`` chains: their curvature products take
+    the layer-by-layer route and equal autograd's (float64, Hessian and GGN, eval batch norm
+    with non-trivial running statistics)."""
+    torch.manual_seed(0)
+    model = dc.get_model(name, num_classes=4, in_channels=2, input_size=(8, 8),
+                         **CHAIN_MODELS[name]).double()  # fmt: skip
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-1.5, 1.5)
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 4, (6,))
+    data = [(x[:4], y[:4]), (x[4:], y[4:])]
+    for build in (dc.hessian, dc.ggn):
+        op = build(model, nn.CrossEntropyLoss(), data)
+        assert op.product_route == "chain"
+        V = torch.randn(op.shape[0], 2, dtype=torch.float64)
+        got = op.matmat(V)
+        op.chain_route = False
+        assert op.product_route == "autograd"
+        want = op.matmat(V)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10 * want.abs().max())
+
+
+def test_chain_models_keep_their_parameter_names():
+    """Checkpoints of these models (state dicts) load as before they became ``nn.Sequential``."""
+    kw = {"num_classes": 3, "in_channels": 1, "input_size": (8, 8)}
+    assert list(dc.get_model("mlp", hidden=(4,), **kw).state_dict()) == [
+        "net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias",
+    ]  # fmt: skip
+    cnn = list(dc.get_model("cnn", width=2, blocks=1, **kw).state_dict())
+    assert cnn[:3] == ["features.0.weight", "features.1.weight", "features.1.bias"]
+    assert cnn[-2:] == ["classifier.weight", "classifier.bias"]
+    vgg = list(dc.get_model("VGG11", **kw).state_dict())
+    assert vgg[0] == "features.0.weight" and vgg[-1] == "classifier.6.bias"
+    allcnn = list(dc.get_model("AllCNN", **kw).state_dict())
+    assert allcnn[0] == "features.1.weight" and allcnn[-1] == "features.19.bias"
+
+
+def test_a_sequential_subclass_with_its_own_forward_is_not_a_chain():
+    from deepcurvature.operators.chain import chain_layers
+
+    class Doubled(nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = Doubled(nn.Linear(3, 2))
+    assert chain_layers(model, "eval") is None
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
+    op = dc.hessian(model.double(), nn.CrossEntropyLoss(), [(x, y)])
+    assert op.product_route == "autograd"
+    exact = torch.func.hessian(
+        lambda w: nn.functional.cross_entropy(2 * (x @ w.reshape(2, 3).T + model[0].bias), y)
+    )(model[0].weight.detach().flatten())
+    torch.testing.assert_close(op.to_dense()[:6, :6], exact)

@@ -54,7 +54,7 @@ def piecewise_linear_obstacle(model: nn.Module, bn_mode: str = "eval") -> str | 
         if id(module) in seen and any(True for _ in module.parameters()):
             return f"{where} is the same module object as {seen[id(module)] or 'the model'}"
         seen.setdefault(id(module), name)
-        if isinstance(module, nn.Sequential):
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             # _modules, not named_children(): a module registered twice must be seen twice
             for child_name, child in module._modules.items():
                 if child is None:

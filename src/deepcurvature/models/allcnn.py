@@ -12,7 +12,6 @@ conv1x1 ``num_classes``; every convolution followed by ReLU; global average pool
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .registry import register_model
@@ -20,8 +19,12 @@ from .registry import register_model
 __all__ = ["AllCNN"]
 
 
-class AllCNN(nn.Module):
+class AllCNN(nn.Sequential):
     """All-CNN-C.
+
+    An ``nn.Sequential`` without a ``forward`` of its own (its children run in order), so that
+    the curvature products take the layer-by-layer chain route
+    (:mod:`deepcurvature.operators.chain`); the parameter names are those of a plain module.
 
     Args:
         num_classes: number of outputs.
@@ -79,10 +82,8 @@ class AllCNN(nn.Module):
             *head,
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
-        return torch.flatten(self.pool(self.features(x)), 1)
+        self.flatten = nn.Flatten()
+        # forward (nn.Sequential's): logits (B, num_classes) of images (B, C, H, W)
 
 
 @register_model("AllCNN", aliases=("allcnnc", "allconvnet", "allcnncifar10", "allcnncifar"))

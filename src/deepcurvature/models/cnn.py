@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .layers import activation as make_activation
@@ -12,8 +11,12 @@ from .registry import register_model
 __all__ = ["SmallCNN", "cnn"]
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(nn.Sequential):
     """``blocks`` conv blocks ``Conv3x3 -> BatchNorm -> activation -> pool`` and a linear head.
+
+    An ``nn.Sequential`` without a ``forward`` of its own (its children run in order), so that
+    the curvature products take the layer-by-layer chain route
+    (:mod:`deepcurvature.operators.chain`); the parameter names are those of a plain module.
 
     Block ``i`` has ``width * 2**i`` channels; every block but the last is followed by a 2x2
     max-pool (skipped once the map is 1x1), the last by global average pooling, so any input
@@ -58,10 +61,7 @@ class SmallCNN(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
-        return self.classifier(self.features(x))
+        # forward (nn.Sequential's): logits (B, num_classes) of images (B, C, H, W)
 
 
 @register_model("cnn", aliases=("smallcnn", "convnet"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from .layers import activation as make_activation
@@ -13,8 +12,11 @@ from .registry import register_model
 __all__ = ["MLP", "logistic", "mlp"]
 
 
-class MLP(nn.Module):
+class MLP(nn.Sequential):
     """Flatten the input, then ``Linear -> activation`` per hidden layer and a linear head.
+
+    An ``nn.Sequential`` (of one child, ``net``) without a ``forward`` of its own, so that the
+    curvature products take the layer-by-layer chain route (:mod:`deepcurvature.operators.chain`).
 
     Maps ``(B, *input_shape)`` to ``(B, num_classes)``; with ``hidden=()`` it is multinomial
     logistic regression.
@@ -44,11 +46,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, int(h), bias=bias), make_activation(activation)]
             width = int(h)
         layers.append(nn.Linear(width, num_classes, bias=bias))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of inputs ``(B, ...)``."""
-        return self.net(x)
+        self.net = nn.Sequential(*layers)  # forward: logits (B, num_classes) of (B, ...)
 
 
 @register_model("mlp", aliases=("perceptron", "fc"))

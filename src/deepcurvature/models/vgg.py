@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from .layers import pool_or_identity
@@ -28,8 +27,12 @@ VGG_CONFIGS: dict[int, list[int | str]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(nn.Sequential):
     """VGG-``depth`` for small images: conv stack, global average pool, 3-layer classifier.
+
+    An ``nn.Sequential`` without a ``forward`` of its own (its children run in order), so that
+    the curvature products take the layer-by-layer chain route
+    (:mod:`deepcurvature.operators.chain`); the parameter names are those of a plain module.
 
     On 32x32 inputs the five pools reduce the map to 1x1 and the global average pool is the
     identity, so the network is the standard CIFAR VGG. Pools that would shrink a smaller input
@@ -70,6 +73,7 @@ class VGG(nn.Module):
             c_in = int(item)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(512, 512),
@@ -85,10 +89,7 @@ class VGG(nn.Module):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        # forward (nn.Sequential's): logits (B, num_classes) of images (B, C, H, W)
 
 
 def _make_factory(depth: int, batch_norm: bool):

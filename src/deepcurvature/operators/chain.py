@@ -137,7 +137,8 @@ class Layer:
 def chain_layers(model: nn.Module, bn_mode: str) -> list[Layer] | None:
     """The leaves of ``model`` in evaluation order, or ``None`` if it is not a supported chain.
 
-    Supported: nested ``nn.Sequential`` of :data:`CHAIN_MODULES` (without parameters) and of
+    Supported: nested ``nn.Sequential`` (or subclasses that keep its ``forward``, like the
+    registry's MLP, CNN, All-CNN and VGG) of :data:`CHAIN_MODULES` (without parameters) and of
     ``Linear``, ``Conv1d``/``Conv2d`` (``groups=1``, zero padding of integer size) and batch norm
     with running statistics in ``bn_mode="eval"``, each module with parameters used once and no
     parameter shared. Modules with a custom ``forward`` or hooks are refused.
@@ -151,6 +152,8 @@ def chain_layers(model: nn.Module, bn_mode: str) -> list[Layer] | None:
         if "forward" in module.__dict__ or module._forward_hooks or module._forward_pre_hooks:
             return False
         if isinstance(module, nn.Sequential):
+            if type(module).forward is not nn.Sequential.forward:
+                return False  # a subclass with its own forward: not a plain chain
             return all(
                 visit(child, f"{name}.{key}" if name else key)
                 for key, child in module._modules.items()
