@@ -268,6 +268,63 @@ def test_a_kept_forward_pass_gives_the_same_products_until_the_model_changes(mat
     assert not torch.allclose(changed, first)
 
 
+def test_a_forward_cache_that_would_not_fit_is_refused_in_one_line(monkeypatch):
+    """The kept passes are projected from the first batch's (times the batches) and compared
+    with the memory available: too much is refused with the fix, and what was kept dropped."""
+    from deepcurvature.operators import memory
+
+    model, data, loss = cnn_case()
+    op = dc.hessian(model, loss, data, cache="forward")
+    V = columns(op.shape[0], 2, seed=1)
+    op.matmat(V)  # fits (the real available memory)
+    kept = op.__dict__["_kept_forwards"]
+    assert sorted(kept) == list(range(len(data)))
+    one = memory.held_bytes(kept[0][3], exclude=op._tensors(kept[0][1], kept[0][2]).values())
+    assert 0 < one < 2**24
+    records = kept[0][3].records
+    assert one >= sum(r.x0.untyped_storage().nbytes() for r in records if r.layer.has_params)
+
+    fresh = dc.hessian(model, loss, data, cache="forward")
+    room = one * (len(data) - 1) / chain_products.KEPT_MEMORY_FRACTION
+    monkeypatch.setattr(chain_products, "available_memory", lambda device: int(room * 0.9))
+    with pytest.raises(ValueError, match=r"cache='forward'\) needs about .* per batch, .* for "
+                       r"the 3 batches, but .* of cpu memory is available: keep the batches "
+                       r"only \(cache=True\)"):  # fmt: skip
+        fresh.matmat(V)
+    assert fresh.__dict__["_kept_forwards"] == {}
+    monkeypatch.setattr(chain_products, "available_memory", lambda device: int(room * 1.1))
+    torch.testing.assert_close(fresh.matmat(V), op.matmat(V), rtol=0, atol=0)
+
+
+def test_held_bytes_counts_each_storage_once_and_available_memory_is_real():
+    from dataclasses import dataclass
+
+    from deepcurvature.operators.memory import available_memory, held_bytes
+
+    @dataclass
+    class Holder:
+        a: torch.Tensor
+        rest: list
+
+    base = torch.zeros(1000, dtype=DT)
+    other = torch.ones(10, dtype=torch.float32)
+    holder = Holder(base[:10], [base[500:], {"x": other, "y": (other.view(2, 5), None)}])
+    assert held_bytes(holder) == 8000 + 40
+    assert held_bytes(holder, exclude=[other]) == 8000
+    have = available_memory(torch.device("cpu"))
+    physical = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
+    assert have is not None and 0 < have <= physical
+
+
+def test_the_cache_values_read_as_the_command_line_options():
+    from deepcurvature.cli.failures import failure_line
+
+    line = failure_line(
+        "spectrum", ValueError("keep (cache=True) or (cache=False), cache='forward'")
+    )
+    assert "(--cache data) or (--cache none), --cache forward" in line
+
+
 def test_the_cache_argument_is_checked():
     model, data, loss = cnn_case()
     with pytest.raises(ValueError, match="cache must be False, True .* or 'forward'"):

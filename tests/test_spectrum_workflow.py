@@ -168,10 +168,35 @@ def test_cli_on_saved_checkpoint_with_ggn(trained_run, tmp_path):
     assert d.lambda_min > -1e-8 * d.lambda_max
 
 
+def test_cli_cache_forward_gives_the_same_spectrum(trained_run, tmp_path):
+    """``--cache forward`` keeps each batch's forward pass between the steps (the chain route
+    with 4 probes); the spectrum is bit-identical to that of a run without it."""
+    _, res = trained_run
+    runs = {}
+    for cache in ("none", "forward"):
+        out = tmp_path / cache
+        proc = cli_spectrum(
+            "--checkpoint", str(res.final_checkpoint), "--steps", "12", "--probes", "4",
+            "--subsample", "150", "--batch-size", "64", "--cache", cache, "--out", str(out),
+            "--quiet",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        meta = json.loads((out / "spectrum.json").read_text())
+        assert meta["config"]["cache"] == (False if cache == "none" else "forward")
+        assert meta["info"]["product_route"] == "chain"
+        with np.load(out / "spectrum.npz") as f:
+            runs[cache] = {k: f[k] for k in f.files}
+    assert runs["none"].keys() == runs["forward"].keys()
+    for key, value in runs["none"].items():
+        if value.dtype.kind == "f" and "time" not in key:
+            assert np.array_equal(runs["forward"][key], value), key
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--steps", "0"], "--steps must be a positive integer"),
+        (["--cache", "activations"], "invalid choice: 'activations'"),
         (["--model", "nosuchnet"], "unknown model"),
         (["--dataset", "imagenet"], "unknown data set"),
         (["--checkpoint", "missing.pt"], "no checkpoint file"),

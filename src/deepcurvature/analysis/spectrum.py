@@ -299,6 +299,7 @@ def spectrum(
         "steps_clamped": res.steps_requested is not None and res.steps_requested > res.steps,
         "broke_down": [bool(b) for b in res.broke_down],
         "device": str(op.device),
+        "product_route": getattr(op, "product_route", None),  # "chain" or "autograd" (networks)
         "basis": res.basis_kind,
         "resumed_from_step": res.resumed_from,
     }

@@ -94,6 +94,9 @@ _OPTIONS = {
 def cli_wording(command: str, text: str) -> str:
     """Replace API argument names in ``text`` by the options of ``command`` that set them."""
     text = re.sub(r"\bresume=<checkpoint>", "--resume CHECKPOINT", text)
+    if command == "spectrum":  # the operator's cache values are --cache's choices
+        for value, choice in (("'forward'", "forward"), ("True", "data"), ("False", "none")):
+            text = text.replace(f"cache={value}", f"--cache {choice}")
     names = {**_OPTIONS_ALL, **_OPTIONS.get(command, {})}
     names.setdefault("swa", "--swa")
     for flag_name in ("overwrite", "save_eigvec", "download", "swa"):

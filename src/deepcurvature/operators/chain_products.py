@@ -48,6 +48,7 @@ from .chain_tangents import (
     stacked,
 )
 from .losses import OutputLoss
+from .memory import available_memory, held_bytes
 
 if TYPE_CHECKING:
     from .base import CurvatureOperator
@@ -455,5 +456,39 @@ def _kept_forward(
     prepared = prepare_forward(
         layers, tensors, block.tangents, batch, op.objective, second_order, detach=True
     )
+    if batch.index not in kept:  # a new batch: will the forward passes of the rest fit?
+        _check_kept_memory(op, kept, prepared, tensors)
     kept[batch.index] = (batch, block.state, fixed, prepared)
     return prepared
+
+
+#: ``cache="forward"`` is refused when the forward passes still to be kept would need more than
+#: this fraction of the device's available memory
+KEPT_MEMORY_FRACTION = 0.8
+
+
+def _check_kept_memory(
+    op: CurvatureOperator, kept: dict, prepared: Prepared, tensors: Tensors
+) -> None:
+    """Refuse (``ValueError``, kept passes dropped) a forward cache that would not fit.
+
+    Projected from this batch's pass (``held_bytes``, parameters excluded) times the batches
+    not kept yet (all of them when the data set's length is known, else this one).
+    """
+    each = held_bytes(prepared, exclude=tensors.values())
+    count = op.source.num_batches
+    remaining = max(1, count - len(kept) - 1) if count is not None else 1
+    have = available_memory(op.device)
+    if have is None or each * remaining <= KEPT_MEMORY_FRACTION * have:
+        return
+    kept.clear()  # give back what was kept
+    whole = f", {_gib(each * count)} for the {count} batches" if count is not None else ""
+    raise ValueError(
+        f"keeping each batch's forward pass (cache='forward') needs about {_gib(each)} per "
+        f"batch{whole}, but {_gib(have)} of {op.device.type} memory is available: keep the "
+        "batches only (cache=True) or nothing (cache=False), or use fewer samples"
+    )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

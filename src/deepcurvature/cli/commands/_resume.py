@@ -55,9 +55,10 @@ RECORDED = (
     "basis",
     "basis_dir",
     "save_state_every",
+    "cache",
 )
 #: Recorded arguments a resumed run may change (they do not change the result).
-FREE = ("save_state_every",)
+FREE = ("save_state_every", "cache")
 _PATHS = ("data_path", "checkpoint", "basis_dir")
 
 

@@ -51,6 +51,8 @@ TRAIN_EPOCHS = 10
 #: The files a run writes into --out (with BRIEF_TRAINING_FILES when it trains first).
 SPECTRUM_FILES = ("spectrum.npz", "spectrum.json", "spectrum.png")
 BASIS_CHOICES = ("memory", "host", "disk")
+#: --cache: what the operator keeps between the Lanczos steps (its ``cache`` argument)
+CACHE_CHOICES = {"none": False, "data": True, "forward": "forward"}
 MATRIX_CHOICES = {
     "hessian": "hessian_lanczos",
     "ggn": "ggn_lanczos",
@@ -86,6 +88,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=(
             "where the Lanczos basis (probes x steps x P numbers) is kept: memory (on --device), "
             "host (host memory while the products run on a GPU) or disk (a memory-mapped file)"
+        ),
+    )
+    p.add_argument(
+        "--cache",
+        choices=list(CACHE_CHOICES),
+        default="none",
+        help=(
+            "what is kept between the Lanczos steps: none (the data set is read at every "
+            "step), data (the prepared batches, on --device) or forward (also each batch's "
+            "forward pass, about one gradient pass's activations for every batch: faster "
+            "steps with several --probes); the results are the same"
         ),
     )
     p.add_argument(
@@ -196,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             download=args.download,
             verbose=verbose,
             basis=args.basis,
+            cache=CACHE_CHOICES[args.cache],
             basis_dir=args.basis_dir,
             lanczos_state_path=state,
             lanczos_state_every=args.save_state_every or 10,
