@@ -163,3 +163,34 @@ def test_cli_batch_lr(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "at most 200" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_batch_of_one_pass_keeps_its_forward_pass_between_the_products(monkeypatch):
+    """On a chain with convolutions every batch operator records one forward pass for all of
+    eigsh's products (``cache="forward"``), and the extremes equal autograd's route's."""
+    from deepcurvature.operators import chain_products
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(12, 3),
+    ).double().eval()  # fmt: skip
+    recorded = []
+    original = chain_products.record_forward
+
+    def counted(layers, tensors, probes, inputs, **kw):
+        recorded.append(inputs.shape[0])
+        return original(layers, tensors, probes, inputs, **kw)
+
+    monkeypatch.setattr(chain_products, "record_forward", counted)
+    kw = {"batches_per_size": 3, "seed": 2, "tol": 1e-8, "verbose": False}
+    res = batch_hessian_extremes(model, nn.functional.cross_entropy, (x, y), [5, 10], **kw)
+    assert recorded.count(5) == recorded.count(10) == 3  # one per batch operator
+    assert recorded.count(40) > 3 and res.info["n_matvec"] > 6 * 3  # the full data: not kept
+    monkeypatch.setattr(chain_products, "ENABLED", False)  # autograd's products, no cache
+    ref = batch_hessian_extremes(model, nn.functional.cross_entropy, (x, y), [5, 10], **kw)
+    np.testing.assert_allclose(res.lambda_max, ref.lambda_max, rtol=1e-7)
+    np.testing.assert_allclose(res.lambda_min, ref.lambda_min, rtol=1e-6, atol=1e-7)
