@@ -134,12 +134,11 @@ def prepare_forward(
     batch: Batch,
     objective: OutputLoss,
     second_order: bool,
-    detach: bool = False,
 ) -> Prepared:
     """What every column of a batch shares: its recorded forward pass.
 
-    For the Hessian (``second_order``) also the gradients at the layers' outputs. ``detach``
-    drops the autograd graph afterwards (for keeping it between products).
+    For the Hessian (``second_order``) also the gradients at the layers' outputs. The graph
+    is gone afterwards (:func:`_slim`), so the result can be kept between products.
     """
     records, output = record_forward(layers, tensors, probes, batch.inputs, graph=second_order)
     value = None
@@ -149,10 +148,29 @@ def prepare_forward(
         value = value.detach()
     else:
         gather_early(records)
-    if detach:
-        for r in records:
-            r.y0 = None if r.y0 is None else r.y0.detach()
+    _slim(records)
     return Prepared(records, output.detach(), value)
+
+
+def _slim(records: list[Record]) -> None:
+    """Drop what the columns never read once the forward (and gradient) pass is done.
+
+    The layers' outputs ``y0`` (the columns read only their shapes) and the inputs of
+    elementwise activations and of max pools taken first (they read ``d1``, ``d2`` and the
+    positions) become shape-only views of one element: with the graph gone, their storage is
+    freed unless another record holds it (e.g. a convolution's output before batch norm; on
+    VGG-16 a third of the recorded pass).
+    """
+    for r in records:
+        if r.y0 is not None:
+            r.y0 = _shape_only(r.y0)
+        if r.d1 is not None or r.absorbed:
+            r.x0 = _shape_only(r.x0)
+
+
+def _shape_only(t: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``t``'s shape, dtype and device that holds one element (no graph)."""
+    return t.detach().new_zeros(()).expand(t.shape)
 
 
 def _chunk_products(
@@ -164,8 +182,12 @@ def _chunk_products(
     output_weights: OutputWeights,
 ) -> tuple[Tensors, torch.Tensor]:
     """``{name: (k, *shape)}`` of one chunk of columns, and the batch loss."""
-    inputs: list[torch.Tensor | None] = []  # the tangent at each record's input
-    f1 = forward_tangents(records, cols, k, lambda r, x1: inputs.append(x1))
+    # the tangent at each record's input, kept for the backward where the Hessian's residual
+    # reads it (the layers with a gradient g; the others' are freed as the tangents move on)
+    inputs: list[torch.Tensor | None] = []
+    f1 = forward_tangents(
+        records, cols, k, lambda r, x1: inputs.append(x1 if r.g is not None else None)
+    )
     assert f1 is not None
     dg, value = output_weights(out, f1, batch)  # (k, n, ...), n_b-scaled
     products: Tensors = {}
@@ -453,9 +475,7 @@ def _kept_forward(
     entry = kept.get(batch.index)
     if entry is not None and entry[0] is batch and entry[1] is block.state and entry[2] is fixed:
         return entry[3]
-    prepared = prepare_forward(
-        layers, tensors, block.tangents, batch, op.objective, second_order, detach=True
-    )
+    prepared = prepare_forward(layers, tensors, block.tangents, batch, op.objective, second_order)
     if batch.index not in kept:  # a new batch: will the forward passes of the rest fit?
         _check_kept_memory(op, kept, prepared, tensors)
     kept[batch.index] = (batch, block.state, fixed, prepared)
