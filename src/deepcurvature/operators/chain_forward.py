@@ -74,7 +74,7 @@ class Record:
     x0: torch.Tensor  # its input (detached)
     y0: torch.Tensor | None  # its output, in the graph when its gradient is needed
     weights: Tensors  # {short name: qualified name} of its parameters with a probe part
-    d1: torch.Tensor | None = None  # elementwise activations: s'(x0)
+    d1: torch.Tensor | None = None  # elementwise activations: s'(x0) (ReLU: a bool mask)
     d2: torch.Tensor | None = None  # smooth activations: s''(x0)
     index: torch.Tensor | None = None  # max pooling: the argmax positions
     pool_dims: int = 0  # max pooling: its number of spatial dimensions
@@ -318,7 +318,7 @@ def _derivatives(m: nn.Module, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     By forward mode with unit tangents (some second derivatives need autograd switched on).
     """
     if type(m) is nn.ReLU:
-        return (x0 > 0).to(x0.dtype), None
+        return x0 > 0, None  # a bool mask: a quarter of a float32 one (products promote it)
     if type(m) is nn.LeakyReLU:
         return torch.where(x0 > 0, x0.new_ones(()), x0.new_full((), m.negative_slope)), None
     ones = torch.ones_like(x0)
