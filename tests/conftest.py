@@ -8,8 +8,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import signal
+
 import pytest
 import torch
+
+# A suite started in the background by a non-interactive shell (``pytest &``, ``nohup``) has
+# Ctrl-C ignored, and so would every CLI process the tests start and then interrupt with SIGINT
+# (an ignored signal stays ignored across exec; a handled one is reset to the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Under pytest-xdist each worker gets one thread, so two workers use the two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
