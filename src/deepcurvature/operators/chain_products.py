@@ -182,12 +182,18 @@ def _chunk_products(
     output_weights: OutputWeights,
 ) -> tuple[Tensors, torch.Tensor]:
     """``{name: (k, *shape)}`` of one chunk of columns, and the batch loss."""
-    # the tangent at each record's input, kept for the backward where the Hessian's residual
-    # reads it (the layers with a gradient g; the others' are freed as the tangents move on)
+    # The Hessian's residual needs each layer's input tangent x1 where the layer has a gradient
+    # g: its weight term g x1^T is formed as soon as x1 is (parameters' size), so x1 is not
+    # kept for the backward; only smooth activations keep theirs (s''(x0) x1 g).
     inputs: list[torch.Tensor | None] = []
-    f1 = forward_tangents(
-        records, cols, k, lambda r, x1: inputs.append(x1 if r.g is not None else None)
-    )
+    residuals: list[torch.Tensor | None] = []
+
+    def visit(r: Record, x1: torch.Tensor | None) -> None:
+        keep = x1 is not None and r.g is not None
+        inputs.append(x1 if keep and r.d2 is not None else None)
+        residuals.append(_residual_weight(r, x1) if keep and r.layer.has_params else None)
+
+    f1 = forward_tangents(records, cols, k, visit)
     assert f1 is not None
     dg, value = output_weights(out, f1, batch)  # (k, n, ...), n_b-scaled
     products: Tensors = {}
@@ -197,16 +203,37 @@ def _chunk_products(
             dg = _spread(dg, r.gather, r.y0)
         if r.layer.has_params:
             need_input = i > 0 and r.tangent_in
-            joint = _joint_conv_backward(r, dg, x1) if need_input else None
-            for short, grad in _parameter_products(r, dg, x1, cols, joint).items():
+            joint = _joint_conv_backward(r, dg) if need_input else None
+            parts = _parameter_products(r, dg, residuals[i], joint)
+            for short, grad in parts.items():
                 products[r.weights[short]] = grad
             if need_input:
-                dg = _input_cotangent(r, dg, x1, cols, joint)
+                dg = _input_cotangent(r, dg, cols, joint)
         elif not r.absorbed:
             dg = _module_cotangent(r, dg, x1)
         if not r.tangent_in:
             break
     return products, value
+
+
+def _residual_weight(r: Record, x1: torch.Tensor) -> torch.Tensor | None:
+    """The Hessian's residual term of the layer's weight, ``g x1_j^T``: ``(k, *weight shape)``.
+
+    ``None`` when the weight is not probed. Batch norm: ``sum g s x1_j`` over the samples and
+    positions (``s`` its per-channel scale).
+    """
+    if "weight" not in r.weights:
+        return None
+    m, g, k = r.layer.module, r.g, x1.shape[0]
+    assert g is not None
+    if isinstance(m, nn.Linear):
+        n_in = r.x0.shape[-1]
+        return torch.matmul(g.reshape(-1, g.shape[-1]).T, x1.reshape(k, -1, n_in))
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        W = r.p["weight"]
+        return torch.stack([conv_backward(m, g, x1[j], W, input_grad=False)[1] for j in range(k)])
+    gs = g * batch_norm_scale(m, r.p, r.x0)
+    return (gs.unsqueeze(0) * x1).sum([1, *range(3, x1.dim())])
 
 
 def _spread(dg: torch.Tensor, pool: Record, like: torch.Tensor) -> torch.Tensor:
@@ -221,9 +248,7 @@ def _spread(dg: torch.Tensor, pool: Record, like: torch.Tensor) -> torch.Tensor:
     return full
 
 
-def _joint_conv_backward(
-    r: Record, dg: torch.Tensor, x1: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _joint_conv_backward(r: Record, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(W^T dg_j, dg_j x0^T)`` of a convolution in one ``convolution_backward`` per column.
 
     As the gradient pass computes them (both from one call: cheaper than two); ``None`` where
@@ -249,29 +274,27 @@ def _joint_conv_backward(
 def _parameter_products(
     r: Record,
     dg: torch.Tensor,
-    x1: torch.Tensor | None,
-    cols: Tensors,
+    residual: torch.Tensor | None,
     joint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Tensors:
-    """``{short name: (k, *shape)}``: the product's part for the layer's probed parameters."""
+    """``{short name: (k, *shape)}``: the product's part for the layer's probed parameters.
+
+    ``residual``: the Hessian's term ``g x1^T`` of the weight (:func:`_residual_weight`).
+    """
     m, x0, k = r.layer.module, r.x0, dg.shape[0]
     out: Tensors = {}
-    g = r.g if x1 is not None else None
     if isinstance(m, nn.Linear):
-        n_in = x0.shape[-1]
         if "weight" in r.weights:
             dgm = dg.reshape(k, -1, dg.shape[-1])  # (k, M, out)
-            w = torch.matmul(dgm.transpose(1, 2), x0.reshape(-1, n_in))
-            if g is not None:
-                gm = g.reshape(-1, g.shape[-1])
-                w = w + torch.matmul(gm.T, x1.reshape(k, -1, n_in))
-            out["weight"] = w
+            w = torch.matmul(dgm.transpose(1, 2), x0.reshape(-1, x0.shape[-1]))
+            out["weight"] = w if residual is None else w + residual
         if "bias" in r.weights:
             out["bias"] = dg.reshape(k, -1, dg.shape[-1]).sum(1)
         return out
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if "weight" in r.weights:
-            out["weight"] = _conv_weight_products(r, dg, g, x1, joint)
+            w = _conv_weight_products(r, dg, joint)
+            out["weight"] = w if residual is None else w.add_(residual)
         if "bias" in r.weights:
             out["bias"] = dg.sum([1, *range(3, dg.dim())])
         return out
@@ -280,43 +303,30 @@ def _parameter_products(
     if "weight" in r.weights:
         assert r.x_hat is not None
         w = (dg * r.x_hat.unsqueeze(0)).sum(dims)
-        if g is not None:
-            gs = g * batch_norm_scale(m, r.p, x0)
-            w = w + (gs.unsqueeze(0) * x1).sum(dims)
-        out["weight"] = w
+        out["weight"] = w if residual is None else w + residual
     if "bias" in r.weights:
         out["bias"] = dg.sum(dims)
     return out
 
 
 def _conv_weight_products(
-    r: Record,
-    dg: torch.Tensor,
-    g: torch.Tensor | None,
-    x1: torch.Tensor | None,
-    joint: tuple[torch.Tensor, torch.Tensor] | None,
+    r: Record, dg: torch.Tensor, joint: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor:
-    """``dg_j x0^T (+ g x1_j^T)`` for a convolution: ``(k, out, in, *kernel)``."""
+    """``dg_j x0^T`` for a convolution: ``(k, out, in, *kernel)``."""
     m, x0, k = r.layer.module, r.x0, dg.shape[0]
     W = r.p["weight"]
     if joint is not None:
-        w = joint[1]
-    elif r.patches is not None:
+        return joint[1]
+    if r.patches is not None:
         # (k, n, out, L) x (n, C k, L): sum over samples and positions
         dgf = dg.flatten(3)  # (k, n, out, L)
-        w = torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1).reshape(k, *W.shape)
-    else:
-        w = torch.stack([conv_backward(m, dg[j], x0, W, input_grad=False)[1] for j in range(k)])
-    if g is not None and x1 is not None:  # the Hessian's residual term g x1_j^T
-        for j in range(k):
-            w[j] += conv_backward(m, g, x1[j], W, input_grad=False)[1]
-    return w
+        return torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1).reshape(k, *W.shape)
+    return torch.stack([conv_backward(m, dg[j], x0, W, input_grad=False)[1] for j in range(k)])
 
 
 def _input_cotangent(
     r: Record,
     dg: torch.Tensor,
-    x1: torch.Tensor | None,
     cols: Tensors,
     joint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
