@@ -329,3 +329,28 @@ def test_the_cache_argument_is_checked():
     model, data, loss = cnn_case()
     with pytest.raises(ValueError, match="cache must be False, True .* or 'forward'"):
         dc.hessian(model, loss, data, cache="activations")
+
+
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "fisher"])
+def test_products_run_under_a_flop_counter(matrix, monkeypatch):
+    """``FlopCounterMode`` (global module hooks) neither breaks nor changes a product.
+
+    Its hooks put gradient hooks on every module's output, which fail inside ``torch.func``
+    transforms: the chain route's pullbacks of parameter-free modules and the Fisher's output
+    gradient call modules without hooks.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, data, _ = cnn_case()
+    loss = nn.CrossEntropyLoss()
+    V = columns(sum(p.numel() for p in model.parameters()), 3)
+    for enabled in (True, False):
+        monkeypatch.setattr(chain_products, "ENABLED", enabled)
+        op = MATRICES[matrix](model, loss, data)
+        for k in (1, 3):
+            reference = op.matmat(V[:, :k])
+            with FlopCounterMode(display=False) as counter:
+                counted = op.matmat(V[:, :k])
+            assert op.product_route == ("chain" if enabled else "autograd")
+            assert counter.get_total_flops() > 0
+            torch.testing.assert_close(counted, reference, rtol=0, atol=0)

@@ -386,7 +386,9 @@ def _module_cotangent(r: Record, dg: torch.Tensor, x1: torch.Tensor | None) -> t
             out = out + (r.g * r.d2).unsqueeze(0) * x1
         return out
     if r.pullback is None:  # once per batch: the module is linear in its input here
-        r.pullback = vjp(r.layer.module, r.x0)[1]
+        # ``forward``, not the module: global module hooks (``FlopCounterMode``) would put
+        # gradient hooks on its output, which fail inside ``vmap``
+        r.pullback = vjp(r.layer.module.forward, r.x0)[1]
     pullback = r.pullback
     return vmap(lambda t: pullback(t)[0])(dg)
 

@@ -292,13 +292,15 @@ class OutputLoss:
             return U * (self._bce_coefficients(out, y) * s * (1 - s))
 
         # reverse-over-reverse: H symmetric, so H u is the VJP of the output gradient with u
-        _, vjp_fn = vjp(grad(lambda z: self.loss_fn(z, y)), out)
+        loss = _unhooked(self.loss_fn)
+        _, vjp_fn = vjp(grad(lambda z: loss(z, y)), out)
         return vmap(lambda u: vjp_fn(u)[0])(U)
 
     def output_gradient(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad_out loss_fn(out, y)``, same shape as ``out`` (row ``i`` is sample ``i``'s)."""
         out = self.check_tensor(out)
-        return grad(lambda z: self.loss_fn(z, y))(out)
+        loss = _unhooked(self.loss_fn)
+        return grad(lambda z: loss(z, y))(out)
 
     # -- Monte Carlo Fisher -----------------------------------------------------------------------
     def check_mc(self) -> None:
@@ -363,3 +365,12 @@ class OutputLoss:
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (for result metadata)."""
         return {"loss": self.name, "loss_kind": self.kind}
+
+
+def _unhooked(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn``, or a module's ``forward``: called inside ``torch.func`` transforms without hooks.
+
+    Global module hooks (``torch.utils.flop_counter.FlopCounterMode`` registers some) put
+    gradient hooks on the module's output that fail inside ``torch.func.grad``.
+    """
+    return fn.forward if isinstance(fn, nn.Module) else fn
