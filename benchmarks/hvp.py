@@ -1,7 +1,9 @@
 """Curvature-product benchmark: Hessian/GGN products over a whole data set, in gradient units.
 
 Run ``python benchmarks/hvp.py`` (``--quick`` for a fast check, ``--profile`` to print where the
-time goes). Prints a table per setup and writes ``benchmarks/results/hvp.json``.
+time goes). Prints a table per setup and writes ``benchmarks/results/hvp.json``
+(``hvp_quick.json`` with ``--quick``); the setups a run does not measure (``--setups``) keep
+their recorded results there.
 
 Setups (float32, ``torch.set_num_threads(--threads)``, batch size 128, the whole data set per
 product):
@@ -34,7 +36,8 @@ its spread (min-max):
 * SLQ on the MLP: ``dc.lanczos(op, 30, probes=4)`` against 4 separate one-probe runs;
 * the flop count (``torch.utils.flop_counter``) of one Hessian column through the shared graph,
   in gradients: the per-column floor of any exact ``matmat`` that runs its operations at the
-  gradient pass's speed.
+  gradient pass's speed; and of our own products per column (1, 4, 16 columns), with the flop
+  rate at which the timed products ran them, relative to the gradient pass's.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 import deepcurvature as dc
+from deepcurvature.operators import chain_products
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -152,9 +156,11 @@ def flop_ratios(model: nn.Module, loss_fn: nn.Module, data: list) -> dict:
     """Floating-point operations of one batch, in units of its gradient pass (flop counter).
 
     ``hessian_column``: the backward pass through the gradient's graph that gives one Hessian
-    column once the graph is built (the per-column cost of a shared ``matmat``, whatever the
-    implementation: the same bilinear products); ``primal_with_graph``: the forward and
-    backward pass that build it.
+    column once the graph is built (the per-column cost of a shared ``matmat`` by autograd);
+    ``primal_with_graph``: the forward and backward pass that build it. ``ours_per_column``:
+    the operators' ``matmat`` per column at 1, 4 and 16 columns (Hessian, GGN; the route each
+    takes in ``ours_route``), the shared forward pass included: the operations they run, so the
+    time per column can be read against them (:func:`flop_rates`).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -168,11 +174,64 @@ def flop_ratios(model: nn.Module, loss_fn: nn.Module, data: list) -> dict:
     primal = fc.get_total_flops()
     with FlopCounterMode(display=False) as fc:
         torch.autograd.grad(g, params, [torch.randn_like(p) for p in params])
+    column = fc.get_total_flops()
+    ours, routes = {}, {}
+    for label, build in (("hessian", dc.hessian), ("ggn", dc.ggn)):
+        op = build(model, loss_fn, [(x, y)])
+        for k in (1, 4, 16):
+            V = torch.randn(op.num_params, k, generator=torch.Generator().manual_seed(k))
+            with FlopCounterMode(display=False) as fc:
+                op.matmat(V)
+            ours[f"{label} k={k}"] = fc.get_total_flops() / gradient / k
+            routes[f"{label} k={k}"] = pass_route(op, k)
     return {
         "gradient_flops_per_batch": gradient,
         "primal_with_graph": primal / gradient,
-        "hessian_column": fc.get_total_flops() / gradient,
+        "hessian_column": column / gradient,
+        "ours_per_column": ours,
+        "ours_route": routes,
     }
+
+
+def pass_route(op: dc.CurvatureOperator, k: int) -> str:
+    """The route a pass of ``k`` columns takes (``chain_products``' column minimums)."""
+    if op.product_route != "chain":
+        return op.product_route
+    convolutions = any(
+        isinstance(layer.module, (nn.Conv1d, nn.Conv2d)) for layer in chain_products.chain_of(op)
+    )
+    if convolutions:
+        minimum = chain_products.CONVOLUTION_MIN_COLUMNS
+    elif isinstance(op, dc.HessianOperator):
+        minimum = chain_products.HESSIAN_MIN_COLUMNS
+    else:
+        minimum = chain_products.OUTPUT_SPACE_MIN_COLUMNS
+    return "chain" if k >= minimum else "autograd"
+
+
+#: timed variants (per column) and their flop counts in ``flop_ratios()["ours_per_column"]``
+FLOP_RATE_ROWS = {
+    "HVP ours": "hessian k=1",
+    "Hessian matmat k=4, per column": "hessian k=4",
+    "Hessian matmat k=16, per column": "hessian k=16",
+    "GGN-vector product ours": "ggn k=1",
+    "GGN matmat k=16, per column": "ggn k=16",
+}
+
+
+def flop_rates(flops: dict, rows: dict) -> dict:
+    """Per timed variant: its flops per column and its flop rate against the gradient pass's.
+
+    ``rate`` = (flops per column / time per column), both in gradients: 1.0 runs its
+    operations as fast as the gradient pass runs its own; a time per column of 1.0 needs
+    ``rate`` = flops per column.
+    """
+    out = {}
+    for key, count in FLOP_RATE_ROWS.items():
+        if key in rows and count in flops["ours_per_column"]:
+            f = flops["ours_per_column"][count]
+            out[key] = {"flops_per_column": f, "rate": f / rows[key]["ratio_median"]}
+    return out
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -374,10 +433,12 @@ def run_setup(name: str, args: argparse.Namespace) -> dict:
             entry["target"] = target
             entry["met"] = value <= target
         targets.append(entry)
+    flops = flop_ratios(model, loss_fn, data)
+    flops["rates"] = flop_rates(flops, rows)
     return {
         "num_params": P,
         "num_samples": n,
-        "flops": flop_ratios(model, loss_fn, data),
+        "flops": flops,
         "batch_size": 128,
         "num_batches": len(data),
         "repeats": repeats,
@@ -414,6 +475,11 @@ def print_setup(name: str, res: dict) -> None:
         f"flop count: one Hessian column through the shared graph = {f['hessian_column']:.2f} "
         f"gradients (the floor of 'matmat per column' at equal speed per operation)"
     )
+    for key, r in f.get("rates", {}).items():
+        print(
+            f"  {key}: {r['flops_per_column']:.2f} gradients of flops per column, run at "
+            f"{r['rate']:.2f}x the gradient pass's flop rate"
+        )
     s = res["slq"]
     if not s:
         return
@@ -484,6 +550,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_setup(name, args)
         res["wall_seconds"] = time.perf_counter() - t0
+        res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         result["setups"][name] = res
         print_setup(name, res)
         print(f"({name}: {res['wall_seconds']:.0f} s)", flush=True)
@@ -491,7 +558,10 @@ def main() -> None:
     result["cpu_allocator"] = dc.cpu_allocator_status()
     print(f"\nCPU allocator: {result['cpu_allocator']}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "hvp.json"
+    out = RESULTS / ("hvp_quick.json" if args.quick else "hvp.json")
+    if out.exists():  # the setups this run did not measure keep their recorded results
+        kept = json.loads(out.read_text())["setups"]
+        result["setups"] = {**{k: v for k, v in kept.items() if k not in names}, **result["setups"]}
     dc.io.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {os.path.relpath(out)}")
 
