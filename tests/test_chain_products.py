@@ -354,3 +354,20 @@ def test_products_run_under_a_flop_counter(matrix, monkeypatch):
             assert op.product_route == ("chain" if enabled else "autograd")
             assert counter.get_total_flops() > 0
             torch.testing.assert_close(counted, reference, rtol=0, atol=0)
+
+
+def test_a_loss_without_closed_form_runs_under_a_flop_counter():
+    """A loss module without a closed-form output Hessian (``HuberLoss``: ``torch.func``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).to(DT)
+    x, y = torch.randn(10, 4, dtype=DT), torch.randn(10, 2, dtype=DT)
+    for build in (dc.ggn, dc.fisher):
+        op = build(model, nn.HuberLoss(delta=0.5), [(x, y)])
+        V = columns(op.shape[0], 2)
+        reference = op.matmat(V)
+        with FlopCounterMode(display=False) as counter:
+            counted = op.matmat(V)
+        assert counter.get_total_flops() > 0
+        torch.testing.assert_close(counted, reference, rtol=0, atol=0)
