@@ -194,18 +194,11 @@ def flop_ratios(model: nn.Module, loss_fn: nn.Module, data: list) -> dict:
 
 
 def pass_route(op: dc.CurvatureOperator, k: int) -> str:
-    """The route a pass of ``k`` columns takes (``chain_products``' column minimums)."""
+    """The route a pass of ``k`` columns takes."""
     if op.product_route != "chain":
         return op.product_route
-    convolutions = any(
-        isinstance(layer.module, (nn.Conv1d, nn.Conv2d)) for layer in chain_products.chain_of(op)
-    )
-    if convolutions:
-        minimum = chain_products.CONVOLUTION_MIN_COLUMNS
-    elif isinstance(op, dc.HessianOperator):
-        minimum = chain_products.HESSIAN_MIN_COLUMNS
-    else:
-        minimum = chain_products.OUTPUT_SPACE_MIN_COLUMNS
+    second_order = isinstance(op, dc.HessianOperator)
+    minimum = chain_products.min_columns(chain_products.chain_of(op), second_order)
     return "chain" if k >= minimum else "autograd"
 
 

@@ -176,6 +176,7 @@ def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
     assert calls == []  # 3 columns: autograd's route
     H.matmat(wide)
     assert calls == [2] * len(data)  # 4 columns in two blocks, one chain call per batch
+    assert chain_products.min_columns(chain_products.chain_of(H), True) == 4
     monkeypatch.setattr(chain_products, "CONVOLUTION_MIN_COLUMNS", 2)
     G = dc.ggn(model, loss, data)
     G.matvec(narrow[:, 0])
@@ -193,6 +194,8 @@ def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
         del calls[:]
         op.matmat(V[:, :k])
         assert len(calls) == taken * len(data), (op, k)
+    assert chain_products.min_columns(chain_products.chain_of(H), True) == 3
+    assert chain_products.min_columns(chain_products.chain_of(G), False) == 2
 
 
 def _pool_records(model, data):

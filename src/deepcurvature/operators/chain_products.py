@@ -61,6 +61,7 @@ __all__ = [
     "OUTPUT_SPACE_MIN_COLUMNS",
     "chain_of",
     "chain_products",
+    "min_columns",
     "operator_chain_products",
 ]
 
@@ -410,6 +411,18 @@ CONVOLUTION_MIN_COLUMNS = 1
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
 
 
+def min_columns(layers: list[Layer], second_order: bool) -> int:
+    """The fewest columns per pass for which the chain ``layers`` takes the chain route.
+
+    :data:`CONVOLUTION_MIN_COLUMNS` for chains with a convolution, else
+    :data:`HESSIAN_MIN_COLUMNS` (``second_order``: the Hessian) or
+    :data:`OUTPUT_SPACE_MIN_COLUMNS` (GGN, Fisher).
+    """
+    if any(isinstance(layer.module, _CONVOLUTIONS) for layer in layers):
+        return CONVOLUTION_MIN_COLUMNS
+    return HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
+
+
 def chain_of(op: CurvatureOperator) -> list[Layer]:
     """The operator's model as a chain, or ``[]`` if it is not one.
 
@@ -442,11 +455,7 @@ def operator_chain_products(
     if op.product_route != "chain" or not isinstance(batch.inputs, torch.Tensor):
         return None
     layers = chain_of(op)
-    if any(isinstance(layer.module, _CONVOLUTIONS) for layer in layers):
-        minimum = CONVOLUTION_MIN_COLUMNS
-    else:
-        minimum = HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
-    if sum(b.k for b in blocks) < minimum:
+    if sum(b.k for b in blocks) < min_columns(layers, second_order):
         return None
     tensors = op._tensors(blocks[0].state, fixed)
     prepared = None
