@@ -553,8 +553,14 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("hvp_quick.json" if args.quick else "hvp.json")
     if out.exists():  # the setups this run did not measure keep their recorded results
-        kept = json.loads(out.read_text())["setups"]
-        result["setups"] = {**{k: v for k, v in kept.items() if k not in names}, **result["setups"]}
+        try:
+            kept = json.loads(out.read_text())["setups"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            print(f"could not read the recorded results ({error}): writing {out.name} instead")
+        else:
+            others = {k: v for k, v in kept.items() if k not in names}
+            result["setups"] = {**others, **result["setups"]}
     dc.io.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {os.path.relpath(out)}")
 
