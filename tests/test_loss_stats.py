@@ -404,3 +404,20 @@ def test_batch_statistics_mode_matches_the_operator_definition(matrix):
     # batch statistics differ from running statistics
     ev = dc.loss_stats(model, loss_fn, batches, matrix=matrix, probes=V, verbose=False)
     assert abs(ev["loss"] - st["loss"]) > 1e-6
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_a_loss_without_forward_mode_derivatives_takes_reverse_mode(probes):
+    """HuberLoss has no forward-mode derivative of its gradient in torch: the Hessian's
+    products fall back to reverse-over-reverse, with the brute-force values."""
+    model, x, _ = make(n=12)
+    y = torch.randn(12, 3, generator=torch.Generator().manual_seed(5), dtype=DT)
+    loss_fn = nn.HuberLoss(delta=0.3)
+    batches = batches_of(x, y, [4, 4, 4])
+    V = torch.randn(model.fc1.weight.numel() + 5 + 15 + 3, probes, dtype=DT)
+    st = dc.loss_stats(model, loss_fn, batches, probes=V, verbose=False)
+    bf = brute_force(model, loss_fn, batches, V)
+    for key, value in bf.ref.items():
+        assert st[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    for key, values in bf.per_probe.items():
+        np.testing.assert_allclose(st.per_probe[key], values, rtol=1e-10, atol=1e-14)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 from torch.utils._pytree import tree_map
 
 from ..operators.base import CurvatureOperator
@@ -39,6 +39,7 @@ class _BatchEvaluator:
         self.state, self.fixed = op.functional_state()
         self.tangents = op.layout.columns_to_dict(V)
         self.k = V.shape[1]
+        self.reverse = False  # the Hessian by reverse-over-reverse (see _hessian)
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
         if self.matrix == "hessian":
@@ -49,6 +50,12 @@ class _BatchEvaluator:
         return value, layout.flatten(g), layout.dict_to_columns(hv), out
 
     def _hessian(self, batch: Batch):
+        """The batch's gradient and ``H_b V``: forward-over-reverse, or reverse-over-reverse.
+
+        Reverse-over-reverse where a loss has no forward-mode derivative of its gradient
+        (``HuberLoss``, ``SmoothL1Loss`` in torch 2.13): decided on the first batch, kept for
+        the rest.
+        """
         op, fixed = self.op, self.fixed
 
         def loss(p: Tensors):
@@ -57,7 +64,18 @@ class _BatchEvaluator:
             return value, (value.detach(), _detach(out))
 
         gradient = grad(loss, has_aux=True)
+        if not self.reverse:
+            try:
+                return self._forward_over_reverse(gradient)
+            except NotImplementedError as error:
+                if "forward AD" not in str(error):
+                    raise
+                self.reverse = True
+        g, pullback, (value, out) = vjp(gradient, self.state, has_aux=True)
+        hv = vmap(lambda v: pullback(v)[0])(self.tangents)  # H symmetric: the VJP is H v
+        return g, hv, value, out
 
+    def _forward_over_reverse(self, gradient: Any):
         def products(v: Tensors):
             g, hv, aux = jvp(gradient, (self.state,), (v,), has_aux=True)
             return g, hv, aux
