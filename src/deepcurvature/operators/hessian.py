@@ -46,6 +46,7 @@ from .batches import Batch
 from .chain_products import chain_of, operator_chain_products
 from .compiled import compiled_hessian_product, run_compiled
 from .lean import has_lean_layers, lean_derivatives
+from .missing_derivatives import missing_derivative
 from .products import raise_if_not_finite
 from .taylor import taylor_quadratic_forms
 
@@ -199,6 +200,8 @@ class HessianOperator(CurvatureOperator):
         try:
             return self._vmapped_products(blocks, fixed, batch)
         except (RuntimeError, NotImplementedError) as error:
+            if missing_derivative(error, self.curvature) is not None:
+                raise  # no route differentiates it (the caller names it)
             # e.g. an old-style autograd.Function, which torch.func cannot transform: one
             # column at a time through plain autograd instead (a genuine error recurs there)
             self._vmap_error = f"{type(error).__name__}: {error}"

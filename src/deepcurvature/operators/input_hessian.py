@@ -35,6 +35,8 @@ from torch.func import functional_call
 
 from ..linalg.operator import LinearOperator
 from .evaluation import evaluation_context
+from .losses import OutputLoss
+from .missing_derivatives import missing_derivative
 
 __all__ = ["INPUT_HESSIAN_REDUCTIONS", "InputHessianOperator", "input_hessian"]
 
@@ -100,6 +102,7 @@ class InputHessianOperator(LinearOperator):
         size = d if reduction == "mean" else n * d
         super().__init__((size, size), dtype, dev, symmetric=True)
         self.model, self.loss_fn, self.reduction = model, loss_fn, reduction
+        self.objective = OutputLoss(loss_fn)  # (losses torch cannot differentiate twice)
         self.inputs = inputs.detach().to(device=dev, dtype=dtype)
         self.targets = targets.to(dev) if isinstance(targets, torch.Tensor) else targets
         if isinstance(self.targets, torch.Tensor) and self.targets.is_floating_point():
@@ -117,6 +120,16 @@ class InputHessianOperator(LinearOperator):
         return state
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._products(V)
+        except (RuntimeError, NotImplementedError) as error:
+            clear = missing_derivative(error, "input Hessian")
+            if clear is None:
+                raise
+            raise clear from error
+
+    def _products(self, V: torch.Tensor) -> torch.Tensor:
+        """``(size, k)``: the products with the columns of ``V`` (see the module)."""
         n, d, k = self.num_samples, self.input_dim, V.shape[1]
         state = self._state()
         per_sample = self.reduction == "per_sample"
@@ -128,7 +141,7 @@ class InputHessianOperator(LinearOperator):
                 hi = min(n, lo + self.chunk_size)
                 x = self.inputs[lo:hi].clone().requires_grad_(True)
                 output = functional_call(self.model, state, (x,))
-                value = self.loss_fn(output, self.targets[lo:hi])
+                value = self.objective(output, self.targets[lo:hi])
                 if not bool(torch.isfinite(value)):
                     raise FloatingPointError(
                         f"the loss of samples {lo}..{hi - 1} is not finite ({float(value)}); "

@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vjp, vmap
 
+from .missing_derivatives import NO_DOUBLE_BACKWARD, elementary_loss
+
 __all__ = ["OutputLoss", "SequenceCrossEntropyLoss", "output_logits", "prediction_scores"]
 
 
@@ -139,7 +141,8 @@ class OutputLoss:
 
     Raises:
         TypeError: ``loss_fn`` is not callable.
-        ValueError: a built-in loss has a reduction other than ``"mean"``.
+        ValueError: a built-in loss has a reduction other than ``"mean"`` (``KLDivLoss`` also
+            takes ``"batchmean"``).
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor]) -> None:
@@ -155,7 +158,10 @@ class OutputLoss:
         reduction = (
             getattr(loss_fn, "reduction", "mean") if isinstance(loss_fn, nn.Module) else "mean"
         )
-        if reduction != "mean":
+        # KLDivLoss's "batchmean" (the sum over a sample's elements, averaged over samples) is a
+        # mean over samples too: batches combine by their sample counts either way
+        batchmean = reduction == "batchmean" and isinstance(loss_fn, nn.KLDivLoss)
+        if reduction != "mean" and not batchmean:
             raise ValueError(
                 f"loss_fn has reduction={reduction!r}, but curvature is defined for the MEAN loss "
                 f"over samples; use {type(loss_fn).__name__}(reduction='mean') (the default)"
@@ -182,8 +188,14 @@ class OutputLoss:
     def __call__(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
         """``loss_fn(output, targets)``.
 
-        ``output`` is what :meth:`loss_input` made of the model's output.
+        ``output`` is what :meth:`loss_input` made of the model's output. Losses whose gradient
+        torch cannot differentiate (``MultiMarginLoss``, ``MultiLabelMarginLoss``) are evaluated
+        in elementary operations (:mod:`.missing_derivatives`), so that their curvature exists.
         """
+        if isinstance(self.loss_fn, NO_DOUBLE_BACKWARD):
+            written = elementary_loss(self.loss_fn, output, targets)
+            if written is not None:
+                return written
         return self.loss_fn(output, targets)
 
     def loss_input(self, result: Any, index: int) -> Any:
@@ -213,12 +225,15 @@ class OutputLoss:
     def forward_ad_safe(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The same loss, written so that forward-mode AD of its gradient works.
 
-        ``F.mse_loss`` is replaced by ``((output - targets) ** 2).mean()`` (torch 2.13 fails on
-        forward-over-reverse through ``mse_loss``); every other loss is called as is.
+        ``MSELoss``, ``HuberLoss``, ``SoftMarginLoss``, ``MultiMarginLoss`` and
+        ``MultiLabelMarginLoss`` (whose backward torch 2.13 cannot differentiate in forward
+        mode) in elementary operations
+        (:func:`~.missing_derivatives.elementary_loss`); ``F.mse_loss`` as ``MSELoss``; every other
+        loss is called as is.
         """
-        if self.kind == "mse" and output.shape == targets.shape:
-            return (output - targets).square().mean()
-        return self.loss_fn(output, targets)
+        fn = nn.MSELoss() if self.loss_fn is F.mse_loss else self.loss_fn
+        written = elementary_loss(fn, output, targets)
+        return self.loss_fn(output, targets) if written is None else written
 
     # -- which closed form applies to this batch ---------------------------------------------------
     def _mode(self, out: torch.Tensor, y: torch.Tensor) -> str:
@@ -292,15 +307,25 @@ class OutputLoss:
             return U * (self._bce_coefficients(out, y) * s * (1 - s))
 
         # reverse-over-reverse: H symmetric, so H u is the VJP of the output gradient with u
-        loss = _unhooked(self.loss_fn)
+        loss = self._differentiable()
         _, vjp_fn = vjp(grad(lambda z: loss(z, y)), out)
         return vmap(lambda u: vjp_fn(u)[0])(U)
 
     def output_gradient(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad_out loss_fn(out, y)``, same shape as ``out`` (row ``i`` is sample ``i``'s)."""
         out = self.check_tensor(out)
-        loss = _unhooked(self.loss_fn)
+        loss = self._differentiable()
         return grad(lambda z: loss(z, y))(out)
+
+    def _differentiable(self) -> Callable[..., torch.Tensor]:
+        """The loss as ``torch.func`` differentiates it twice.
+
+        Without module hooks, and in elementary operations where torch has no double backward
+        (see :meth:`__call__`).
+        """
+        if isinstance(self.loss_fn, NO_DOUBLE_BACKWARD):
+            return self
+        return _unhooked(self.loss_fn)
 
     # -- Monte Carlo Fisher -----------------------------------------------------------------------
     def check_mc(self) -> None:

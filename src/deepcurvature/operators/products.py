@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batches import Batch
+from .missing_derivatives import missing_derivative
 
 if TYPE_CHECKING:
     from .base import CurvatureOperator
@@ -93,7 +94,13 @@ class BatchProducts:
                         single = {n: t[0] for n, t in part.items()} if j1 - j0 == 1 else None
                         block = Block(j1 - j0, part, single, state, leaves)
                         plan.append((block, [acc[n][j0:j1] for n in names]))
-                contribs, value = self._batch_products([b for b, _ in plan], fixed, batch)
+                try:
+                    contribs, value = self._batch_products([b for b, _ in plan], fixed, batch)
+                except (RuntimeError, NotImplementedError) as error:
+                    clear = missing_derivative(error, self.curvature)
+                    if clear is None:
+                        raise
+                    raise clear from error
                 for (_, targets), contrib in zip(plan, contribs, strict=True):
                     pairs = [(t, c) for t, c in zip(targets, contrib, strict=True) if c is not None]
                     if pairs:  # c: (k, *shape), or (*shape) when k == 1
