@@ -14,7 +14,7 @@ from torch import nn
 import deepcurvature as dc
 from _helpers import dense_hessian_and_gradient
 from deepcurvature.operators.input_hessian import input_hessian
-from deepcurvature.operators.missing_derivatives import elementary_loss
+from deepcurvature.operators.missing_derivatives import elementary_loss, missing_derivative
 
 DT = torch.float64
 C = 4
@@ -185,6 +185,9 @@ def test_missing_derivatives_raise_one_clear_error():
         dc.ggn(model, custom, data).matvec(torch.ones(P, dtype=DT))
     with pytest.raises(ValueError, match="the input Hessian needs second derivatives"):
         input_hessian(model, custom, x, y, dtype=DT).matvec(torch.ones(3, dtype=DT))
+    # other "not implemented" errors pass through unchanged (e.g. a target that needs a gradient)
+    error = RuntimeError("the derivative for 'target' is not implemented.")
+    assert missing_derivative(error, "hessian") is None
     # the built-in module is written out instead: the same operator works
     H = dc.hessian(model, nn.MultiLabelMarginLoss(), data)
     assert torch.isfinite(H.matvec(torch.ones(P, dtype=DT))).all()

@@ -95,7 +95,7 @@ def _multilabel_margin(output: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 _FORWARD_AD = re.compile(r"forward AD with (\w+)")
-_DOUBLE_BACKWARD = re.compile(r"derivative for (\S+) is not implemented")
+_DOUBLE_BACKWARD = re.compile(r"derivative for (aten::\w+) is not implemented")
 
 
 def missing_derivative(error: BaseException, curvature: str) -> ValueError | None:
