@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev
 from torch.func import hessian as func_hessian
@@ -407,15 +408,32 @@ def test_batch_statistics_mode_matches_the_operator_definition(matrix):
 
 
 @pytest.mark.parametrize("probes", [1, 3])
-def test_a_loss_without_forward_mode_derivatives_takes_reverse_mode(probes):
-    """HuberLoss has no forward-mode derivative of its gradient in torch: the Hessian's
-    products fall back to reverse-over-reverse, with the brute-force values."""
+@pytest.mark.parametrize("written", [True, False])
+def test_a_loss_without_forward_mode_derivatives_takes_reverse_mode(probes, written, monkeypatch):
+    """torch has no forward-mode derivative of the Huber loss's gradient: ``nn.HuberLoss`` is
+    written out (forward-over-reverse), ``F.huber_loss`` in a function of one's own falls back to
+    reverse-over-reverse; both give the brute-force values."""
+    from deepcurvature.analysis import batch_products
+
     model, x, _ = make(n=12)
     y = torch.randn(12, 3, generator=torch.Generator().manual_seed(5), dtype=DT)
-    loss_fn = nn.HuberLoss(delta=0.3)
+    if written:
+        loss_fn = nn.HuberLoss(delta=0.3)
+    else:
+        loss_fn = lambda o, t: F.huber_loss(o, t, delta=0.3)  # noqa: E731
     batches = batches_of(x, y, [4, 4, 4])
     V = torch.randn(model.fc1.weight.numel() + 5 + 15 + 3, probes, dtype=DT)
+    routes = []
+    forward = batch_products._BatchEvaluator._forward_over_reverse
+
+    def spy(self, gradient):
+        routes.append(self.reverse)
+        return forward(self, gradient)
+
+    monkeypatch.setattr(batch_products._BatchEvaluator, "_forward_over_reverse", spy)
     st = dc.loss_stats(model, loss_fn, batches, probes=V, verbose=False)
+    # written out: forward mode on every batch; else tried once, then reverse for the rest
+    assert len(routes) == (3 if written else 1)
     bf = brute_force(model, loss_fn, batches, V)
     for key, value in bf.ref.items():
         assert st[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key

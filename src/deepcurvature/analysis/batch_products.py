@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_map
 
 from ..operators.base import CurvatureOperator
 from ..operators.batches import Batch
+from ..operators.missing_derivatives import lacks_forward_mode
 
 Tensors = dict[str, torch.Tensor]
 
@@ -52,15 +53,16 @@ class _BatchEvaluator:
     def _hessian(self, batch: Batch):
         """The batch's gradient and ``H_b V``: forward-over-reverse, or reverse-over-reverse.
 
-        Reverse-over-reverse where a loss has no forward-mode derivative of its gradient
-        (``HuberLoss``, ``SmoothL1Loss`` in torch 2.13): decided on the first batch, kept for
-        the rest.
+        The built-in losses torch cannot differentiate in forward mode are written out
+        (``OutputLoss.forward_ad_safe``); reverse-over-reverse where the model or a custom loss
+        still has no forward-mode derivative of its gradient (e.g. ``F.huber_loss``): decided on
+        the first batch, kept for the rest.
         """
         op, fixed = self.op, self.fixed
 
         def loss(p: Tensors):
             out = op.batch_output(p, fixed, batch)
-            value = op.objective(out, batch.targets)
+            value = op.objective.forward_ad_safe(out, batch.targets)
             return value, (value.detach(), _detach(out))
 
         gradient = grad(loss, has_aux=True)
@@ -68,7 +70,7 @@ class _BatchEvaluator:
             try:
                 return self._forward_over_reverse(gradient)
             except NotImplementedError as error:
-                if "forward AD" not in str(error):
+                if not lacks_forward_mode(error):
                     raise
                 self.reverse = True
         g, pullback, (value, out) = vjp(gradient, self.state, has_aux=True)

@@ -227,12 +227,10 @@ class OutputLoss:
 
         ``MSELoss``, ``HuberLoss``, ``SoftMarginLoss``, ``MultiMarginLoss`` and
         ``MultiLabelMarginLoss`` (whose backward torch 2.13 cannot differentiate in forward
-        mode) in elementary operations
-        (:func:`~.missing_derivatives.elementary_loss`); ``F.mse_loss`` as ``MSELoss``; every other
-        loss is called as is.
+        mode) and ``F.mse_loss`` in elementary operations
+        (:func:`~.missing_derivatives.elementary_loss`); every other loss is called as is.
         """
-        fn = nn.MSELoss() if self.loss_fn is F.mse_loss else self.loss_fn
-        written = elementary_loss(fn, output, targets)
+        written = elementary_loss(self.loss_fn, output, targets)
         return self.loss_fn(output, targets) if written is None else written
 
     # -- which closed form applies to this batch ---------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NO_DOUBLE_BACKWARD", "elementary_loss", "missing_derivative"]
+__all__ = ["NO_DOUBLE_BACKWARD", "elementary_loss", "lacks_forward_mode", "missing_derivative"]
 
 #: losses whose gradient torch cannot differentiate in reverse mode (no double backward)
 NO_DOUBLE_BACKWARD: tuple[type[nn.Module], ...] = (nn.MultiMarginLoss, nn.MultiLabelMarginLoss)
@@ -39,10 +39,11 @@ def elementary_loss(
 ) -> torch.Tensor | None:
     """``loss_fn(output, targets)`` written out (see the module), or ``None`` for other losses.
 
-    Only exact instances of the losses above with ``reduction="mean"``, and targets of the
-    layout the written form covers; anything else returns ``None`` (call the loss as is).
+    Only exact instances of the losses above with ``reduction="mean"`` (and ``F.mse_loss``),
+    and targets of the layout the written form covers; anything else returns ``None`` (call the
+    loss as is).
     """
-    kind = type(loss_fn)
+    kind = nn.MSELoss if loss_fn is F.mse_loss else type(loss_fn)
     if getattr(loss_fn, "reduction", "mean") != "mean":
         return None
     if kind is nn.MSELoss and output.shape == targets.shape:
@@ -96,6 +97,11 @@ def _multilabel_margin(output: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 _FORWARD_AD = re.compile(r"forward AD with (\w+)")
 _DOUBLE_BACKWARD = re.compile(r"derivative for (aten::\w+) is not implemented")
+
+
+def lacks_forward_mode(error: BaseException) -> bool:
+    """Whether ``error`` is torch's "Trying to use forward AD with <op>" (no forward mode)."""
+    return isinstance(error, NotImplementedError) and _FORWARD_AD.search(str(error)) is not None
 
 
 def missing_derivative(error: BaseException, curvature: str) -> ValueError | None:
