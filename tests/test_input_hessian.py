@@ -100,3 +100,6 @@ def test_input_hessian_bad_input():
         input_hessian(
             model, nn.CrossEntropyLoss(), x, torch.zeros(5, dtype=torch.long), reduction="sum"
         )
+    # the loss itself must average over samples (as for every operator)
+    with pytest.raises(ValueError, match="reduction='sum'.*MEAN loss"):
+        input_hessian(model, nn.CrossEntropyLoss(reduction="sum"), x, torch.zeros(5).long())
