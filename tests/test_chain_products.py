@@ -260,6 +260,13 @@ def test_a_kept_forward_pass_gives_the_same_products_until_the_model_changes(mat
         torch.testing.assert_close(kept.matmat(V), first, rtol=0, atol=0)
         torch.testing.assert_close(kept.matvec(V[:, 1]), first[:, 1], rtol=1e-12, atol=1e-13)
     assert len(forwards) == len(data)  # kept: no forward pass after the first product
+    masks = [  # ReLU's masks stay bool between products (widened for each batch's columns only)
+        r.d1.dtype
+        for *_, prepared in kept.__dict__["_kept_forwards"].values()
+        for r in prepared.records
+        if isinstance(r.layer.module, nn.ReLU)
+    ]
+    assert masks and set(masks) == {torch.bool}
     reference = MATRICES[matrix](model, loss, data).matmat(V)
     torch.testing.assert_close(first, reference, rtol=1e-12, atol=1e-13 * reference.abs().max())
     with torch.no_grad():
@@ -374,3 +381,48 @@ def test_a_loss_without_closed_form_runs_under_a_flop_counter():
             counted = op.matmat(V)
         assert counter.get_total_flops() > 0
         torch.testing.assert_close(counted, reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("matrix", ["hessian", "ggn"])
+@pytest.mark.parametrize("case", ["cnn", "overlapping-pools", "conv1d", "custom-loss"])
+def test_columns_taken_in_chunks_give_the_same_products(case, matrix, monkeypatch):
+    """A pass's columns in chunks of 2, 2 and 1 (as a large model's are): each chunk spreads
+    its cotangents back through the pools into the batch's kept zeros (disjoint windows) or
+    fresh ones (overlapping windows), and adds a convolution's bias at the pooled positions."""
+    model, data, loss = CASES[case]()
+    chunks = []
+
+    def two(records, out, k, chunk_bytes):
+        chunks.append(k)
+        return 2
+
+    monkeypatch.setattr(chain_products, "chunk_columns", two)
+
+    def build():
+        return MATRICES[matrix](model, loss, data)
+
+    V = columns(build().shape[0], 5, seed=5)
+    (chain, route), (reference, _) = both_routes(monkeypatch, build, V)
+    assert route == "chain" and chunks and set(chunks) == {5}
+    torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+
+
+def test_which_pools_have_disjoint_windows():
+    """Disjoint windows (each position taken at most once) keep the spreading's zeros."""
+    from deepcurvature.operators.chain_products import _disjoint_windows
+
+    expected = {
+        "cnn": [True],  # MaxPool2d(2)
+        "overlapping-pools": [False, True],  # MaxPool2d(3, stride=1), MaxPool2d(2, ceil_mode)
+        "conv1d": [False],  # AdaptiveMaxPool1d(3) of 5 positions
+        "custom-loss": [True],  # AdaptiveMaxPool2d(1)
+    }
+    for case, disjoint in expected.items():
+        model, data, _ = CASES[case]()
+        pools, records = _pool_records(model, data)
+        producers = {id(r.gather): r for r in records if r.gather is not None}
+        got = []
+        for pool in pools:
+            like = producers[id(pool)].y0 if id(pool) in producers else pool.x0
+            got.append(_disjoint_windows(pool, like))
+        assert got == disjoint, case

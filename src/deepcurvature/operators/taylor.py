@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .batches import Batch
-from .chain import Layer, batch_norm_scale, conv_backward
+from .chain import Layer, conv_backward
 from .chain_forward import Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
@@ -46,6 +46,7 @@ from .chain_tangents import (
     forward_tangents,
     gather_early,
     layer_gradients,
+    widened_masks,
 )
 from .losses import OutputLoss
 
@@ -83,10 +84,11 @@ def taylor_quadratic_forms(
     out = output.detach()
     chunk = chunk_columns(records, out, k, chunk_bytes)
     forms = torch.zeros(k, dtype=torch.float64, device=out.device)
-    for a in range(0, k, chunk):
-        b = min(k, a + chunk)
-        part = {name: t[a:b] for name, t in probes.items()}
-        forms[a:b] = _chunk_forms(records, part, b - a, out, batch, objective)
+    with widened_masks(records, out.dtype):
+        for a in range(0, k, chunk):
+            b = min(k, a + chunk)
+            part = {name: t[a:b] for name, t in probes.items()}
+            forms[a:b] = _chunk_forms(records, part, b - a, out, batch, objective)
     return forms * batch.n, value.detach()
 
 
@@ -137,8 +139,7 @@ def _bilinear_source(r: Record, x1: torch.Tensor, probes: Tensors) -> torch.Tens
             dw = conv_backward(m, g, x1[j], V[j], input_grad=False)[1]
             forms[j] = torch.vdot(dw.reshape(-1), V[j].reshape(-1)).double()
         return forms
-    # batch norm: <g, gamma_dot * scale * x1> per channel
-    gs = g * batch_norm_scale(m, r.p, r.x0)
+    # batch norm: <g, gamma_dot * scale * x1> per channel (g kept times scale: Record.g)
     dims = [1, *range(3, g.dim() + 1)]  # the sample and spatial dimensions of (k, n, C, ...)
-    per_channel = (gs.unsqueeze(0) * x1).sum(dims)  # (k, C)
+    per_channel = (g.unsqueeze(0) * x1).sum(dims)  # (k, C)
     return (per_channel * V).sum(1).double()
