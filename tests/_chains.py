@@ -104,7 +104,28 @@ def overlapping_pools_case():
     return seeded(model, 9), batches(x, torch.randint(0, 4, (7,), generator=g), 4), F.cross_entropy
 
 
+def global_average_case():
+    """Global average pooling (its pullback a broadcast view) after a smooth activation, on
+    3-D and 1-D feature maps."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 5, 3, padding=1),
+        nn.BatchNorm2d(5),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(2),
+        nn.Conv1d(5, 4, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).to(DT)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(7, 2, 4, 5, generator=g, dtype=DT)
+    return seeded(model, 11), batches(x, torch.randint(0, 3, (7,), generator=g), 4), F.cross_entropy
+
+
 CASES = {
+    "global-average": global_average_case,
     "overlapping-pools": overlapping_pools_case,
     "cnn": cnn_case,
     "conv1d": conv1d_case,

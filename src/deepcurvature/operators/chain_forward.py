@@ -83,8 +83,8 @@ class Record:
     scale: torch.Tensor | None = None  # batch norm: gamma * rsqrt(var + eps), per channel
     x_hat: torch.Tensor | None = None  # batch norm with a probed gamma: the normalised input
     patches: torch.Tensor | None = None  # narrow convolutions: the unfolded input (n, C k, L)
-    # the gradient of the batch loss at its output (batch norm: times rsqrt(running_var + eps),
-    # the factor every one of its terms takes, applied once per batch)
+    # the gradient of the batch loss at its output (batch norm: times rsqrt(running_var + eps);
+    # smooth activations: times s''(x0): the factor each of their terms takes, once per batch)
     g: torch.Tensor | None = None
     tangent_in: bool = True  # whether its input has a tangent (False up to the first probed layer)
     pullback: Any = None  # parameter-free modules: the vector-Jacobian product at x0

@@ -28,6 +28,7 @@ the unfolded input. Exact, like autograd's products (tested against them).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -243,7 +244,7 @@ def _residual_weight(r: Record, x1: torch.Tensor) -> torch.Tensor | None:
         return torch.matmul(g.reshape(-1, g.shape[-1]).T, x1.reshape(k, -1, n_in))
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         W = r.p["weight"]
-        return torch.stack([conv_backward(m, g, x1[j], W, input_grad=False)[1] for j in range(k)])
+        return _stack([conv_backward(m, g, x1[j], W, input_grad=False)[1] for j in range(k)])
     return (g.unsqueeze(0) * x1).sum([1, *range(3, x1.dim())])  # (g kept times s: Record.g)
 
 
@@ -308,7 +309,7 @@ def _joint_conv_backward(r: Record, dg: torch.Tensor) -> tuple[torch.Tensor, tor
         gi, gw = conv_backward(m, dg[j], r.x0, W)
         inputs.append(gi)
         weights.append(gw)
-    return torch.stack(inputs), torch.stack(weights)
+    return _stack(inputs), _stack(weights)
 
 
 def _parameter_products(
@@ -365,7 +366,7 @@ def _conv_weight_products(
         # (k, n, out, L) x (n, C k, L): sum over samples and positions
         dgf = dg.flatten(3)  # (k, n, out, L)
         return torch.matmul(dgf, r.patches.transpose(1, 2)).sum(1).reshape(k, *W.shape)
-    return torch.stack([conv_backward(m, dg[j], x0, W, input_grad=False)[1] for j in range(k)])
+    return _stack([conv_backward(m, dg[j], x0, W, input_grad=False)[1] for j in range(k)])
 
 
 def _input_cotangent(
@@ -426,14 +427,30 @@ def _module_cotangent(r: Record, dg: torch.Tensor, x1: torch.Tensor | None) -> t
     if r.d1 is not None:
         out = dg * r.d1
         if r.d2 is not None and r.g is not None and x1 is not None:
-            out = out + (r.g * r.d2).unsqueeze(0) * x1
+            out.addcmul_(r.g.unsqueeze(0), x1)  # g s''(x0) x1 (g kept times s'': Record.g)
         return out
+    if _global_average(r):  # the mean's pullback: dg / positions, broadcast (a view)
+        spatial = r.x0.shape[2:]
+        return (dg / math.prod(spatial)).expand(*dg.shape[:3], *spatial)
     if r.pullback is None:  # once per batch: the module is linear in its input here
         # ``forward``, not the module: global module hooks (``FlopCounterMode``) would put
         # gradient hooks on its output, which fail inside ``vmap``
         r.pullback = vjp(r.layer.module.forward, r.x0)[1]
     pullback = r.pullback
     return vmap(lambda t: pullback(t)[0])(dg)
+
+
+def _global_average(r: Record) -> bool:
+    """Whether ``r`` averages each channel of ``(n, C, *spatial)`` over all its positions."""
+    m = r.layer.module
+    if not isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        return False
+    return r.x0.dim() >= 3 and r.y0 is not None and all(s == 1 for s in r.y0.shape[2:])
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(ts)``; one tensor as a view (no copy: a chunk of one column)."""
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
 
 
 #: switch for the chain route of the products (tests and benchmarks compare it with autograd's)

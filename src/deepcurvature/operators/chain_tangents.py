@@ -129,11 +129,14 @@ def _kept_gradient(r: Record, g: torch.Tensor) -> torch.Tensor:
     """The gradient ``g`` at the layer's output as its record keeps it (:attr:`Record.g`).
 
     Batch norm's is kept times ``rsqrt(running_var + eps)``: each of its second-order terms
-    (the weight's ``sum g s x1`` and the input's ``g s gamma_dot``) takes that factor, which is
+    (the weight's ``sum g s x1`` and the input's ``g s gamma_dot``) takes that factor. A smooth
+    activation's is kept times ``s''(x0)``, as in its term ``g s''(x0) x1``. The factor is
     applied here once per batch instead of once per column.
     """
     if r.layer.has_params and r.scale is not None:
         return g * batch_norm_scale(r.layer.module, r.p, r.x0)
+    if r.d2 is not None:
+        return g * r.d2
     return g
 
 

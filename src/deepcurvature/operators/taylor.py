@@ -110,7 +110,8 @@ def _chunk_forms(
         if r.layer.has_params:
             forms.add_(_bilinear_source(r, x1, probes), alpha=2.0)
         elif r.d2 is not None and not r.absorbed:
-            forms.add_(((r.g * r.d2).unsqueeze(0) * x1 * x1).flatten(1).sum(1).double())
+            # (g kept times s'': Record.g)
+            forms.add_((r.g.unsqueeze(0) * x1 * x1).flatten(1).sum(1).double())
 
     f1 = forward_tangents(records, probes, k, sources)
     if f1 is None:
