@@ -426,3 +426,25 @@ def test_which_pools_have_disjoint_windows():
             like = producers[id(pool)].y0 if id(pool) in producers else pool.x0
             got.append(_disjoint_windows(pool, like))
         assert got == disjoint, case
+
+
+def test_the_patches_are_torchs_unfold():
+    """``conv_unfold`` (strided windows, one copy) equals ``F.unfold`` bit for bit, for every
+    kernel, stride, padding and dilation, 2-D and 1-D, and ``conv(x, W) = W @ patches``."""
+    import itertools
+
+    from deepcurvature.operators.chain import conv_unfold
+
+    g = torch.Generator().manual_seed(0)
+    grid = itertools.product([1, 2, 3, (2, 3)], [1, 2, (1, 2)], [0, 1, (2, 1)], [1, 2, (1, 2)])
+    for k, s, p, d in grid:
+        m = nn.Conv2d(3, 4, k, stride=s, padding=p, dilation=d).to(DT)
+        x = torch.randn(2, 3, 9, 8, generator=g, dtype=DT)
+        ref = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        assert torch.equal(conv_unfold(m, x), ref), (k, s, p, d)
+        if not all(isinstance(v, int) for v in (k, s, p, d)):
+            continue
+        m1 = nn.Conv1d(3, 4, k, stride=s, padding=p, dilation=d).to(DT)
+        x1 = torch.randn(2, 3, 11, generator=g, dtype=DT)
+        y = m1.weight.reshape(4, -1) @ conv_unfold(m1, x1) + m1.bias[:, None]
+        torch.testing.assert_close(y.reshape(2, 4, -1), m1(x1), rtol=1e-12, atol=1e-12)
