@@ -344,7 +344,7 @@ def test_cli_sigterm_of_a_checkpoint_run_then_resume(uninterrupted, tmp_path):
     out = tmp_path / "run"
     proc = _start(out, tmp_path, "--checkpoint", checkpoint, args=BASE)
     status, err = _stop_after_first_state(proc, out, signal.SIGTERM)
-    assert status == 143 and err.count("\n") == 1
+    assert status == 143 and err.count("\n") == 1, (status, err)
     assert "interrupted (SIGTERM); the Lanczos state after step" in err
     assert sorted(p.name for p in out.iterdir()) == ["lanczos-state.pt", "spectrum-args.json"]
     r = cli("spectrum", "--resume", out, cwd=tmp_path, env=_env())
