@@ -444,6 +444,37 @@ def test_unexpected_errors_are_one_line_internal_errors():
     assert line.endswith("--train-epochs must be positive, --steps 3")
 
 
+
+class _FailingClose:
+    """A writer whose clean-up fails when a block ends early (like a stream left half written)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if exc_info[0] is not None:
+            raise RuntimeError("could not finish the file")
+
+
+@pytest.mark.parametrize("stop, how, status", [("term", "SIGTERM", 143), ("int", "Ctrl-C", 130)])
+def test_an_interrupt_that_surfaces_as_another_error_is_still_reported_as_one(stop, how, status):
+    from deepcurvature.cli.failures import Terminated, exit_status, failure_line, interruption
+
+    raised = Terminated() if stop == "term" else KeyboardInterrupt()
+    with pytest.raises(RuntimeError) as info, _FailingClose():
+        raise raised
+    exc = info.value  # what the command sees: the clean-up's error, the interrupt its context
+    assert interruption(exc) is raised
+    assert exit_status(exc) == status
+    assert failure_line("spectrum", exc) == (
+        f"deepcurvature spectrum: interrupted ({how}); partial files of this run removed"
+    )
+    raised.cli_note = "the Lanczos state after step 3 is in o: resume with --resume o"
+    assert failure_line("spectrum", exc).endswith(f"({how}); {raised.cli_note}")
+    alone = RuntimeError("could not finish the file")  # no interrupt behind it: a failed run
+    assert interruption(alone) is None and exit_status(alone) == 1
+    assert "error: could not finish the file" in failure_line("spectrum", alone)
+
 # ------------------------------------------------------------------ 5. honest summaries
 def test_spectrum_at_initialisation_with_zero_training_epochs(tmp_path):
     out = tmp_path / "o"

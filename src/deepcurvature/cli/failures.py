@@ -33,6 +33,7 @@ __all__ = [
     "failure_line",
     "install_signal_handlers",
     "install_warning_format",
+    "interruption",
 ]
 
 #: Library messages name API arguments; the command line says which option sets them. Names in
@@ -144,12 +145,37 @@ class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM."""
 
 
+#: the SIGTERM this process received (set by its handler), if any
+_received: list[Terminated] = []
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+    exc = Terminated()
+    _received.append(exc)
+    raise exc
+
+
+def interruption(exc: BaseException) -> KeyboardInterrupt | Terminated | None:
+    """The interrupt (Ctrl-C, SIGTERM) behind ``exc``, or ``None`` for a failure of its own.
+
+    An interrupt can surface as another exception: raised while a ``with`` block's clean-up or a
+    library's error handling runs, it becomes the ``__context__`` of what they raise, or is
+    rethrown by C++ code as a ``RuntimeError``. The chain is searched, then the SIGTERM that
+    this process's handler saw (:func:`install_signal_handlers`).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt | Terminated):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return _received[-1] if _received else None
 
 
 def install_signal_handlers() -> None:
     """SIGTERM unwinds like SIGINT, so that a run cleans up its partial files."""
+    _received.clear()
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # pragma: no cover - not the main thread (e.g. embedded use)
@@ -199,9 +225,10 @@ def _message(exc: BaseException) -> str:
 
 def failure_line(command: str, exc: BaseException) -> str:
     """The one line printed for ``exc``: problem and fix, in the command line's words."""
-    if isinstance(exc, KeyboardInterrupt | Terminated):
-        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-        note = getattr(exc, "cli_note", None)  # what a resumable run kept, and how to resume
+    stop = interruption(exc)
+    if stop is not None:
+        how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        note = getattr(stop, "cli_note", None)  # what a resumable run kept, and how to resume
         if note:
             return f"deepcurvature {command}: interrupted ({how}); {note}"
         return f"deepcurvature {command}: interrupted ({how}); partial files of this run removed"
@@ -220,10 +247,11 @@ def failure_line(command: str, exc: BaseException) -> str:
 
 
 def exit_status(exc: BaseException) -> int:
-    """2 for bad input, 1 for a failed run, 130/143 for SIGINT/SIGTERM."""
-    if isinstance(exc, KeyboardInterrupt):
+    """2 for bad input, 1 for a failed run, 130/143 for SIGINT/SIGTERM (:func:`interruption`)."""
+    stop = interruption(exc)
+    if isinstance(stop, KeyboardInterrupt):
         return 130
-    if isinstance(exc, Terminated):
+    if isinstance(stop, Terminated):
         return 143
     if isinstance(exc, ArithmeticError):  # diverged training, non-finite curvature
         return 1

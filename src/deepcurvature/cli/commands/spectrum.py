@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ...io.outputs import OutputFolder
 from ..errors import CommandError
-from ..failures import Terminated
+from ..failures import interruption
 from ..launch import is_rank0
 from ._common import (
     BRIEF_TRAINING_FILES,
@@ -229,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
         kept = state is not None and state.is_file()
         if kept:  # keep the state, its arguments and model: remove only the spectrum's files
             results_part.cleanup()
-            if isinstance(exc, KeyboardInterrupt | Terminated):
-                exc.cli_note = resume_note(state, out)  # type: ignore[union-attr]
+            stop = interruption(exc)
+            if stop is not None:
+                stop.cli_note = resume_note(state, out)  # type: ignore[union-attr]
         else:
             folder.cleanup()
         raise
