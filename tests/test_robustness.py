@@ -444,7 +444,6 @@ def test_unexpected_errors_are_one_line_internal_errors():
     assert line.endswith("--train-epochs must be positive, --steps 3")
 
 
-
 class _FailingClose:
     """A writer whose clean-up fails when a block ends early (like a stream left half written)."""
 
@@ -474,6 +473,7 @@ def test_an_interrupt_that_surfaces_as_another_error_is_still_reported_as_one(st
     alone = RuntimeError("could not finish the file")  # no interrupt behind it: a failed run
     assert interruption(alone) is None and exit_status(alone) == 1
     assert "error: could not finish the file" in failure_line("spectrum", alone)
+
 
 # ------------------------------------------------------------------ 5. honest summaries
 def test_spectrum_at_initialisation_with_zero_training_epochs(tmp_path):
