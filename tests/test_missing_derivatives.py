@@ -132,6 +132,36 @@ def test_hessian_products_where_torch_lacks_second_derivatives(name):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-8)
 
 
+FUNCTIONS = {
+    "huber": F.huber_loss,
+    "soft-margin": F.soft_margin_loss,
+    "multi-margin": F.multi_margin_loss,
+    "multilabel-margin": F.multilabel_margin_loss,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_function_forms_of_the_losses_have_their_curvature(name):
+    """``loss_fn=F.multi_margin_loss`` (and the others) is the module with default arguments:
+    torch's Hessian by both engines and both routes, and the GGN (before: a ValueError for the
+    margins, and for all four with ``engine="forward"``)."""
+    model, _, data = _case(name)
+    fn = FUNCTIONS[name]
+    if name == "huber":  # the function's default delta (1.0): make the case's data use both parts
+        data = [(x, y * 3) for x, y in data]
+    P = sum(p.numel() for p in model.parameters())
+    V = torch.randn(P, 4, generator=torch.Generator().manual_seed(2), dtype=DT)
+    ref = _finite_difference_products(model, fn, data, V)  # torch's function, differenced
+    assert ref.norm() > 1e-3
+    for engine in ("reverse", "forward"):
+        H = dc.hessian(model, fn, data, engine=engine)
+        torch.testing.assert_close(H.matvec(V[:, 0]), ref[:, 0], rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(H.matmat(V), ref, rtol=1e-6, atol=1e-8)
+    module = type(dc.hessian(model, fn, data).objective.loss_fn)
+    got, same = dc.ggn(model, fn, data).matmat(V), dc.ggn(model, module(), data).matmat(V)
+    torch.testing.assert_close(got, same, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["multi-margin", "multi-margin-p2", "multilabel-margin"])
 def test_ggn_of_margin_losses(name):
     """``J^T H_out J`` with ``H_out`` from central differences of torch's output gradient; zero

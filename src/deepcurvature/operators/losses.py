@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vjp, vmap
 
-from .missing_derivatives import NO_DOUBLE_BACKWARD, elementary_loss
+from .missing_derivatives import FUNCTION_FORMS, NO_DOUBLE_BACKWARD, elementary_loss
 
 __all__ = ["OutputLoss", "SequenceCrossEntropyLoss", "output_logits", "prediction_scores"]
 
@@ -134,7 +134,10 @@ class OutputLoss:
             ``nn.CrossEntropyLoss``, ``SequenceCrossEntropyLoss``, ``nn.MSELoss`` and
             ``nn.BCEWithLogitsLoss`` (exact types) and the functions ``F.cross_entropy``,
             ``F.mse_loss``, ``F.binary_cross_entropy_with_logits`` get closed forms; anything
-            else is differentiated automatically.
+            else is differentiated automatically. The functions ``F.huber_loss``,
+            ``F.soft_margin_loss``, ``F.multi_margin_loss`` and ``F.multilabel_margin_loss`` are
+            taken as their modules with default arguments (the same loss), whose missing
+            derivatives are supplied (:mod:`.missing_derivatives`).
 
     Attributes:
         kind: ``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"`` or ``"generic"``.
@@ -151,7 +154,8 @@ class OutputLoss:
                 "loss_fn must be callable as loss_fn(output, targets), "
                 f"got {type(loss_fn).__name__}"
             )
-        self.loss_fn = loss_fn
+        form = next((m for f, m in FUNCTION_FORMS.items() if loss_fn is f), None)
+        self.loss_fn = loss_fn = form() if form is not None else loss_fn
         functional = next((k for f, k in _FUNCTIONAL if loss_fn is f), None)
         self.kind = _MODULES.get(type(loss_fn)) or functional or "generic"
         self.class_dim = -1 if type(loss_fn) is SequenceCrossEntropyLoss else 1

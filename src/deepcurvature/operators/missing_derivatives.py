@@ -28,10 +28,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NO_DOUBLE_BACKWARD", "elementary_loss", "lacks_forward_mode", "missing_derivative"]
+__all__ = [
+    "FUNCTION_FORMS",
+    "NO_DOUBLE_BACKWARD",
+    "elementary_loss",
+    "lacks_forward_mode",
+    "missing_derivative",
+]
 
 #: losses whose gradient torch cannot differentiate in reverse mode (no double backward)
 NO_DOUBLE_BACKWARD: tuple[type[nn.Module], ...] = (nn.MultiMarginLoss, nn.MultiLabelMarginLoss)
+
+#: the functions of the losses above (called with their default arguments, as a loss_fn is) and
+#: the modules that compute the same; the operators take the module (``OutputLoss``)
+FUNCTION_FORMS: dict[Callable[..., torch.Tensor], type[nn.Module]] = {
+    F.huber_loss: nn.HuberLoss,
+    F.soft_margin_loss: nn.SoftMarginLoss,
+    F.multi_margin_loss: nn.MultiMarginLoss,
+    F.multilabel_margin_loss: nn.MultiLabelMarginLoss,
+}
 
 
 def elementary_loss(
