@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -42,13 +43,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=TIMEOUT, check=False
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        timeout=TIMEOUT,
+        check=False,
     )
 
 
-def _torchrun(*args: str, cwd: Path, logs: Path | None = None) -> subprocess.CompletedProcess:
+def _torchrun(
+    *args: str, cwd: Path, logs: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``torchrun --nnodes 1 --nproc-per-node 2 ARGS`` (``-m deepcurvature`` unless a script)."""
     for _ in range(3):  # another test may take the free port before torchrun binds it
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
@@ -58,7 +69,7 @@ def _torchrun(*args: str, cwd: Path, logs: Path | None = None) -> subprocess.Com
             cmd += ["--log-dir", str(logs), "--redirects", "3"]
         if not args[0].endswith(".py"):
             cmd += ["-m", "deepcurvature"]
-        out = _run([*cmd, *args], cwd)
+        out = _run([*cmd, *args], cwd, env)
         if "address already in use" not in (out.stderr + out.stdout).lower():
             break
     return out
@@ -236,3 +247,42 @@ def test_a_missing_data_set_is_one_line_on_every_rank(tmp_path):
         assert line.startswith(f"deepcurvature spectrum: error: rank {rank} of 2")
         assert "mnist" in line.lower() and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+HANG = """
+import os, sys, time
+import deepcurvature.suite.eigenspectrum as es
+
+if os.environ.get("RANK") == "1":
+    def stuck(*args, **kwargs):
+        time.sleep(120)  # never reaches the products: rank 0's collectives time out
+    es.evaluation_data = stuck
+
+from deepcurvature.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_timed_out_collective_ends_the_rank_with_its_one_line_and_status(tmp_path):
+    """Rank 1 never joins: rank 0's collective times out (the 5 s group timeout). Its group is
+    then broken, and tearing it down could abort the process (SIGABRT, "terminate called ...")
+    after the line: the rank leaves with exactly its one line and exit status 1."""
+    script = tmp_path / "hang_on_rank1.py"
+    script.write_text(HANG)
+    logs = tmp_path / "logs"
+    env = {"DEEPCURVATURE_DIST_TIMEOUT": "5"}
+    res = _torchrun(str(script), "spectrum", "--out", "out", *SMALL, cwd=tmp_path, logs=logs,
+                    env=env)  # fmt: skip
+    assert res.returncode != 0
+    _, err0 = _rank_logs(logs, 0)
+    _, err1 = _rank_logs(logs, 1)
+    lines = [line for line in err0.splitlines() if line.strip()]  # no C++ warnings either
+    assert len(lines) == 1, err0
+    assert lines[0].startswith("deepcurvature spectrum: error: rank 0 of 2: rank 0 timed out")
+    status = re.search(r"rank\s*:\s*0 \(local_rank: 0\)\s*exitcode\s*:\s*(-?\d+)", res.stderr)
+    assert status is not None and status.group(1) == "1", res.stderr  # not -6 (SIGABRT)
+    assert [line for line in err1.splitlines() if line.strip()] == [
+        "deepcurvature spectrum: rank 1 of 2: interrupted (SIGTERM); partial files of this run "
+        "removed"
+    ]  # torchrun stopped the stuck rank
+    assert not (tmp_path / "out").exists()

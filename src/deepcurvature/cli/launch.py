@@ -26,6 +26,7 @@ import datetime
 import os
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,10 +119,33 @@ def process_group(args: argparse.Namespace) -> Iterator[bool]:
         sys.stdout = stdout
         if quiet is not None:
             quiet.close()
+        if not _broken:  # a broken group is left to the process's exit (leave_if_broken)
+            try:
+                dist.destroy_process_group()
+            except Exception:  # pragma: no cover - a broken group: nothing left to release
+                pass
+
+
+#: whether this rank's process group failed (a collective timed out, a peer was lost)
+_broken = False
+
+
+def leave_if_broken(status: int) -> None:
+    """End the process now with ``status`` when its process group is broken.
+
+    A group whose collective timed out or lost a peer is in an undefined state: tearing it
+    down (``destroy_process_group``, or gloo's destructors at the interpreter's exit) can abort
+    the process (SIGABRT, "terminate called without an active exception") after its one line.
+    The rank's files are settled by then (written atomically, its partial ones removed).
+    """
+    if not _broken:
+        return
+    for stream in (sys.stdout, sys.stderr):
         try:
-            dist.destroy_process_group()
-        except Exception:  # pragma: no cover - a broken group: nothing left to release
+            stream.flush()
+        except Exception:  # pragma: no cover - a closed stream
             pass
+    os._exit(status)
 
 
 def wait_for_all() -> None:
@@ -217,10 +241,12 @@ def failure_lines(line: str, status: int, exc: BaseException) -> tuple[str, int]
     head, sep, text = line.partition(": error: ")
     if not sep:  # an interrupt line
         head, sep, text = line.partition(": ")
+    global _broken
+    _broken = _is_consequence(exc)
     store = _store()
-    if _is_consequence(exc) and store is not None:
+    if _broken and store is not None:
         try:
-            store.wait([_KEY], datetime.timedelta(seconds=_WAIT))
+            _poll(store, _KEY, _WAIT)
             other, other_status, other_text = store.get(_KEY).decode().split("\t", 2)
             if int(other) != rank:
                 return (
@@ -237,6 +263,19 @@ def failure_lines(line: str, status: int, exc: BaseException) -> tuple[str, int]
         except Exception:  # the store is gone (its host exited)
             pass
     return f"{head}{sep}rank {rank} of {world}: {text}", status
+
+
+def _poll(store: Any, key: str, seconds: float) -> None:
+    """Wait until ``store`` holds ``key`` (``TimeoutError`` after ``seconds``).
+
+    Polled: the store's own ``wait`` prints two C++ warnings when it times out, which would
+    break the rank's one line.
+    """
+    deadline = time.monotonic() + seconds
+    while not store.check([key]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {key} in {seconds} s")
+        time.sleep(0.05)
 
 
 def _is_consequence(exc: BaseException) -> bool:

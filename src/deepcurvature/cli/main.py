@@ -20,7 +20,7 @@ from .failures import (
     install_signal_handlers,
     install_warning_format,
 )
-from .launch import failure_lines, process_group, wait_for_all
+from .launch import failure_lines, leave_if_broken, process_group, wait_for_all
 
 __all__ = ["build_parser", "main"]
 
@@ -101,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     install_signal_handlers()
     install_warning_format(args.command)
+    status = _run_command(args)
+    leave_if_broken(status)
+    return status
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command (in a process group under torchrun); its exit status."""
     try:
         with process_group(args):  # under torchrun only (module docstring of ``launch``)
             try:
