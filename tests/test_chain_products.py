@@ -407,9 +407,9 @@ def test_columns_taken_in_chunks_give_the_same_products(case, matrix, monkeypatc
     torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
 
 
-def test_which_pools_have_disjoint_windows():
+def test_which_pools_havedisjoint_windows():
     """Disjoint windows (each position taken at most once) keep the spreading's zeros."""
-    from deepcurvature.operators.chain_products import _disjoint_windows
+    from deepcurvature.operators.chain_backward import disjoint_windows
 
     expected = {
         "cnn": [True],  # MaxPool2d(2)
@@ -424,7 +424,7 @@ def test_which_pools_have_disjoint_windows():
         got = []
         for pool in pools:
             like = producers[id(pool)].y0 if id(pool) in producers else pool.x0
-            got.append(_disjoint_windows(pool, like))
+            got.append(disjoint_windows(pool, like))
         assert got == disjoint, case
 
 
