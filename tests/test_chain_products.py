@@ -407,7 +407,7 @@ def test_columns_taken_in_chunks_give_the_same_products(case, matrix, monkeypatc
     torch.testing.assert_close(chain, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
 
 
-def test_which_pools_havedisjoint_windows():
+def test_which_pools_have_disjoint_windows():
     """Disjoint windows (each position taken at most once) keep the spreading's zeros."""
     from deepcurvature.operators.chain_backward import disjoint_windows
 
