@@ -465,6 +465,10 @@ def test_an_interrupt_that_surfaces_as_another_error_is_still_reported_as_one(st
     exc = info.value  # what the command sees: the clean-up's error, the interrupt its context
     assert interruption(exc) is raised
     assert exit_status(exc) == status
+    # under torchrun a SIGTERM is how another rank's failure reaches this one, wrapped or not
+    from deepcurvature.cli.launch import _is_consequence
+
+    assert _is_consequence(exc) == (stop == "term")
     assert failure_line("spectrum", exc) == (
         f"deepcurvature spectrum: interrupted ({how}); partial files of this run removed"
     )

@@ -281,10 +281,10 @@ def _poll(store: Any, key: str, seconds: float) -> None:
 def _is_consequence(exc: BaseException) -> bool:
     """Whether ``exc`` is how another rank's failure shows here (lost peer, timeout, SIGTERM)."""
     from ..operators.distributed import DistributedError
-    from .failures import Terminated
+    from .failures import Terminated, interruption
 
-    if isinstance(exc, DistributedError | Terminated):
-        return True
+    if isinstance(exc, DistributedError) or isinstance(interruption(exc), Terminated):
+        return True  # torchrun's SIGTERM, also where it surfaced as another error
     try:
         from torch.distributed import DistBackendError
 
