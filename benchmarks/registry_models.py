@@ -1,7 +1,8 @@
 """The registry's networks on the chain route against autograd's route: time and peak memory.
 
 Run ``python benchmarks/registry_models.py`` (``--models VGG16,AllCNN``, ``--n 256``,
-``--repeats 3``). Writes ``benchmarks/results/registry_models.json`` and prints a table.
+``--repeats 3``; ``--quick``: All-CNN on 128 images once, to ``registry_models_quick.json``).
+Writes ``benchmarks/results/registry_models.json`` and prints a table.
 
 The registry's MLP, CNN, All-CNN and VGGs are ``nn.Sequential`` chains, so their products take
 the layer-by-layer chain route (``product_route == "chain"``); before they were, every product
@@ -137,7 +138,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="images (batches of 128)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="All-CNN only, 128 images, 1 repeat (results/registry_models_quick.json)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.n, args.repeats = "AllCNN", 128, 1
     torch.set_num_threads(args.threads)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -159,7 +167,7 @@ def main() -> None:
         print(f"  peak growth of one HVP: chain {mem['chain']:.0f} MiB, "
               f"autograd {mem['autograd']:.0f} MiB")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "registry_models.json"
+    out = RESULTS / ("registry_models_quick.json" if args.quick else "registry_models.json")
     dc.io.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {os.path.relpath(out)}")
 
