@@ -203,6 +203,22 @@ def test_the_chain_route_is_taken_for_wide_passes_only(monkeypatch):
         assert len(calls) == taken * len(data), (op, k)
     assert chain_products.min_columns(chain_products.chain_of(H), True) == 3
     assert chain_products.min_columns(chain_products.chain_of(G), False) == 2
+    # convolutions without a max pool: the Hessian from CONVOLUTION_MIN_COLUMNS, the GGN and
+    # the Fisher from OUTPUT_SPACE_MIN_COLUMNS (autograd's route is the faster for one column)
+    model, data, loss = CASES["global-average"]()
+    monkeypatch.setattr(chain_products, "CONVOLUTION_MIN_COLUMNS", 1)
+    H, G, F_ = (build(model, loss, data) for build in (dc.hessian, dc.ggn, dc.fisher))
+    V = columns(H.shape[0], 2)
+    for op, k, taken in ((H, 1, 1), (G, 1, 0), (F_, 1, 0), (G, 2, 1), (F_, 2, 1)):
+        del calls[:]
+        op.matmat(V[:, :k])
+        assert len(calls) == taken * len(data), (op, k)
+    assert chain_products.min_columns(chain_products.chain_of(H), True) == 1
+    assert chain_products.min_columns(chain_products.chain_of(G), False) == 2
+    # with a max pool (cnn_case) the GGN takes it from one column
+    model, data, loss = cnn_case()
+    G = dc.ggn(model, loss, data)
+    assert chain_products.min_columns(chain_products.chain_of(G), False) == 1
 
 
 def _pool_records(model, data):

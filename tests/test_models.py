@@ -8,6 +8,7 @@ from torch.func import functional_call, jacrev, jvp
 
 import deepcurvature as dc
 from deepcurvature.models import registry as model_registry
+from deepcurvature.operators import chain_products
 
 # Small configurations for the generic families, whose defaults duplicate a named big model.
 GENERIC_KWARGS = {
@@ -309,7 +310,11 @@ def test_registry_chains_take_the_chain_route_with_the_same_products(name):
     for build in (dc.hessian, dc.ggn):
         op = build(model, nn.CrossEntropyLoss(), data)
         assert op.product_route == "chain"
-        V = torch.randn(op.shape[0], 2, dtype=torch.float64)
+        # 4 columns: the GGN of a chain without max pooling (All-CNN) takes the chain route from
+        # chain_products.OUTPUT_SPACE_MIN_COLUMNS columns
+        V = torch.randn(op.shape[0], 4, dtype=torch.float64)
+        hessian = isinstance(op, dc.HessianOperator)
+        assert chain_products.min_columns(chain_products.chain_of(op), hessian) <= V.shape[1]
         got = op.matmat(V)
         op.chain_route = False
         assert op.product_route == "autograd"

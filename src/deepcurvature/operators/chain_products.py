@@ -237,22 +237,38 @@ HESSIAN_MIN_COLUMNS = 4
 #: the GGN and Fisher take it for passes of at least this many columns (chains without a
 #: convolution): on that MLP 1.46 against 1.67 at 4 columns, 4.5 against 3.6 at one
 OUTPUT_SPACE_MIN_COLUMNS = 4
-#: chains with a convolution take it from this many columns (every curvature): on the CNN of
-#: ``benchmarks/hvp.py`` one GGN column cost 1.26-1.31 gradients against 1.42 by autograd, one
-#: Hessian column 1.77-1.94 against 1.99-2.02 (the convolutions outweigh the per-batch work)
+#: chains with a convolution take it from this many columns (the Hessian always; the GGN and
+#: Fisher where the chain has a max pool): on the CNN of ``benchmarks/hvp.py`` one GGN column
+#: cost 1.26-1.31 gradients against 1.42 by autograd, one Hessian column 1.77-1.94 against
+#: 1.99-2.02 (the convolutions outweigh the per-batch work)
 CONVOLUTION_MIN_COLUMNS = 1
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
+_MAX_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
 
 
 def min_columns(layers: list[Layer], second_order: bool) -> int:
     """The fewest columns per pass for which the chain ``layers`` takes the chain route.
 
-    :data:`CONVOLUTION_MIN_COLUMNS` for chains with a convolution, else
-    :data:`HESSIAN_MIN_COLUMNS` (``second_order``: the Hessian) or
-    :data:`OUTPUT_SPACE_MIN_COLUMNS` (GGN, Fisher).
+    :data:`CONVOLUTION_MIN_COLUMNS` on chains with a convolution, but for the GGN and Fisher only
+    when the chain also has a max pool (taken before batch norm and the activations, which then
+    work on the pooled positions: where the route gains on these products). Otherwise
+    :data:`HESSIAN_MIN_COLUMNS` for the Hessian (``second_order``) and
+    :data:`OUTPUT_SPACE_MIN_COLUMNS` for the GGN and Fisher. On the registry's All-CNN (strided
+    convolutions, no max pool; 256 images, 2026-12-07, interleaved) one GGN column cost 1.75
+    gradients by the chain route against 1.60 by autograd's (6 repeats), 4 columns 1.52
+    against 1.62 per column (4 repeats).
     """
     if any(isinstance(layer.module, _CONVOLUTIONS) for layer in layers):
-        return CONVOLUTION_MIN_COLUMNS
+        if second_order or any(isinstance(layer.module, _MAX_POOLS) for layer in layers):
+            return CONVOLUTION_MIN_COLUMNS
+        return OUTPUT_SPACE_MIN_COLUMNS
     return HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
 
 
