@@ -37,6 +37,7 @@ from .chain import (
 )
 
 __all__ = [
+    "MAX_POOL_MODULES",
     "NARROW_PATCH",
     "Record",
     "pick",
@@ -60,6 +61,8 @@ _MAX_POOLS = {
     nn.AdaptiveMaxPool2d: (F.adaptive_max_pool2d, 2),
     nn.AdaptiveMaxPool3d: (F.adaptive_max_pool3d, 3),
 }
+#: the max-pooling modules whose positions the forward pass records (and may take first)
+MAX_POOL_MODULES: tuple[type[nn.Module], ...] = tuple(_MAX_POOLS)
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 #: elementwise modules increasing for every setting (the others are checked in ``_monotone``)
 _INCREASING = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SELU, nn.Softsign, nn.LogSigmoid, nn.Hardsigmoid)

@@ -38,7 +38,7 @@ from .chain_backward import (
     residual_weight,
     spread_pooled,
 )
-from .chain_forward import Record, record_forward
+from .chain_forward import MAX_POOL_MODULES, Record, record_forward
 from .chain_tangents import (
     TANGENT_CHUNK_BYTES,
     chunk_columns,
@@ -243,14 +243,6 @@ OUTPUT_SPACE_MIN_COLUMNS = 4
 #: 1.99-2.02 (the convolutions outweigh the per-batch work)
 CONVOLUTION_MIN_COLUMNS = 1
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
-_MAX_POOLS = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
 
 
 def min_columns(layers: list[Layer], second_order: bool) -> int:
@@ -266,7 +258,7 @@ def min_columns(layers: list[Layer], second_order: bool) -> int:
     against 1.62 per column (4 repeats).
     """
     if any(isinstance(layer.module, _CONVOLUTIONS) for layer in layers):
-        if second_order or any(isinstance(layer.module, _MAX_POOLS) for layer in layers):
+        if second_order or any(isinstance(layer.module, MAX_POOL_MODULES) for layer in layers):
             return CONVOLUTION_MIN_COLUMNS
         return OUTPUT_SPACE_MIN_COLUMNS
     return HESSIAN_MIN_COLUMNS if second_order else OUTPUT_SPACE_MIN_COLUMNS
