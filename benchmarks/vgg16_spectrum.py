@@ -53,7 +53,9 @@ def cli(*args: str) -> None:
     exe = shutil.which("deepcurvature")
     command = [exe] if exe else [sys.executable, "-m", "deepcurvature"]
     print("$ deepcurvature " + " ".join(args), flush=True)
-    subprocess.run([*command, *args, "--quiet"], check=True)
+    status = subprocess.run([*command, *args, "--quiet"]).returncode
+    if status != 0:  # its own line (e.g. an existing result refused) is above
+        raise SystemExit(f"deepcurvature {args[0]} ended with status {status}: see its line above")
 
 
 def run_both(work: Path, steps: int, subsample: int, epochs: int) -> None:
@@ -74,7 +76,11 @@ def run_both(work: Path, steps: int, subsample: int, epochs: int) -> None:
 
 def analyse(folder: Path) -> dict:
     """Step times split into product and reorthogonalisation, and the peak memory per step."""
-    info = json.loads((folder / "spectrum.json").read_text())["info"]
+    path = folder / "spectrum.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: --runs-from needs a folder with ggn/ and "
+                         "hessian/ runs of deepcurvature spectrum")  # fmt: skip
+    info = json.loads(path.read_text())["info"]
     t = np.asarray(info["seconds_per_step"], dtype=float)
     mem = np.asarray(info["peak_memory_per_step"], dtype=float) / MIB
     j = np.arange(1, len(t) + 1)
