@@ -471,3 +471,32 @@ def test_the_patches_are_torchs_unfold():
         x1 = torch.randn(2, 3, 11, generator=g, dtype=DT)
         y = m1.weight.reshape(4, -1) @ conv_unfold(m1, x1) + m1.bias[:, None]
         torch.testing.assert_close(y.reshape(2, 4, -1), m1(x1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_the_recorded_pass_keeps_the_default_layout(graph):
+    """The first convolution's output feeds its max pooling in the channels-last layout (no
+    copy of it), but what the records keep for the columns is in the default layout, and the
+    pooled positions and values are those of the default layout's pass (the positions of the
+    convolution's output times the sign of batch norm's scale, see the test above)."""
+    from deepcurvature.operators.chain import chain_layers
+    from deepcurvature.operators.chain_forward import record_forward
+
+    model, data, _ = cnn_case()
+    layers = chain_layers(model, "eval")
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    x = data[0][0]
+    records, out = record_forward(layers, tensors, dict(model.named_parameters()), x, graph)
+    conv, pool = records[0], records[0].gather
+    assert conv.y0.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.y0.is_contiguous()
+    kept = [t for r in records for t in (r.x0, r.index, r.d1, r.x_hat, r.patches) if t is not None]
+    assert len(kept) > len(records) and all(t.is_contiguous() for t in kept)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-12, atol=1e-12)
+        sign = torch.sign(model[1].weight).reshape(-1, 1, 1)
+        _, index = F.max_pool2d(model[0](x) * sign, 2, return_indices=True)
+        values = F.max_pool2d(model[2](model[1](model[0](x))), 2)
+    assert torch.equal(pool.index, index)
+    torch.testing.assert_close(pool.y0, values, rtol=1e-12, atol=1e-12)
+    assert pool.y0.requires_grad == graph
