@@ -269,15 +269,6 @@ def _pool_run(layers: list[Layer], i: int) -> int | None:
     return j
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is 4-D in the channels-last layout (and not also the default one)."""
-    return (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    )
-
-
 def _monotone(layer: Layer) -> bool:
     """Whether a layer is position-wise and monotone in each channel (see :func:`_pool_first`)."""
     m = layer.module
