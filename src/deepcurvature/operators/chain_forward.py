@@ -128,7 +128,9 @@ def record_forward(
     h, i = inputs, 0
     with torch.enable_grad() if graph else torch.no_grad():
         while i < len(layers):
-            record, h = state.layer(layers[i], h, _pool_run(layers, i + 1) is not None)
+            # (only a narrow convolution asks whether a pooling taken first follows it)
+            pooled_next = _narrow(layers[i].module) and _pool_run(layers, i + 1) is not None
+            record, h = state.layer(layers[i], h, pooled_next)
             i += 1
             if record is None:
                 continue
